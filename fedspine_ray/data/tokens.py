@@ -1,0 +1,59 @@
+"""Tokenised tensors shipped to client actors, so devices never need the tokenizer or raw text."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class TokenizedSplit:
+    """Padded token ids, attention masks and labels of a set of examples."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, indices: np.ndarray) -> TokenizedSplit:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return TokenizedSplit(self.input_ids[index], self.attention_mask[index], self.labels[index])
+
+    def sorted_by_length(self) -> TokenizedSplit:
+        """Same examples ordered by length, so evaluation batches carry little padding."""
+        order = torch.argsort(self.attention_mask.sum(dim=1), stable=True)
+        return TokenizedSplit(self.input_ids[order], self.attention_mask[order], self.labels[order])
+
+    def batch(self, indices: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
+        """A model-ready batch, trimmed to the longest sequence in it (saves compute on short tweets)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        mask = self.attention_mask[index]
+        length = max(1, int(mask.sum(dim=1).max()))
+        return {
+            "input_ids": self.input_ids[index, :length],
+            "attention_mask": mask[:, :length],
+            "labels": self.labels[index],
+        }
+
+    def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        for start in range(0, len(self), batch_size):
+            yield self.batch(torch.arange(start, min(start + batch_size, len(self))))
+
+
+def tokenize(
+    texts: list[str], labels: np.ndarray, tokenizer: PreTrainedTokenizerBase, max_seq_len: int
+) -> TokenizedSplit:
+    encoded = tokenizer(
+        texts, padding="max_length", truncation=True, max_length=max_seq_len, return_tensors="pt"
+    )
+    return TokenizedSplit(
+        input_ids=encoded["input_ids"],
+        attention_mask=encoded["attention_mask"],
+        labels=torch.as_tensor(labels, dtype=torch.long),
+    )

@@ -1,0 +1,152 @@
+"""LoRA coordinate mapping between a sub-model and the global model.
+
+Convention: a LoRA factor pair ``(A, B)`` with ``A: [r, in]`` and ``B: [out, r]`` represents the weight
+delta ``dW = B @ A`` with the PEFT scaling (``lora_alpha / r``) already folded into ``B``.
+
+A sub-model produced by :func:`~fedspine_ray.pruning.apply.extract_submodel` keeps a subset of the
+global rows (q/k/v, gate/up, intermediate.dense) or columns (o_proj, down_proj, output.dense) of each
+prunable Linear.  Scattering ``A`` columns / ``B`` rows into zeros of the global shape gives a global
+delta that equals the sub-model delta on kept coordinates and is zero elsewhere, so clients with
+different widths can be aggregated in one coordinate system and merged into the global weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from .apply import expand_units
+from .architectures import ROWS, _plain_root, get_linear, layer_specs, unwrap_linear
+from .plan import PruningPlan
+
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+IndexMap = dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]
+
+
+def linear_index_map(model: nn.Module, plan: PruningPlan) -> IndexMap:
+    """For each prunable Linear of ``model``: (kept output rows, kept input columns) under ``plan``.
+
+    Keys are plain HF module names of ``model`` (e.g. ``model.layers.1.self_attn.q_proj``).  The axis
+    that pruning acts on always gets an index tensor (possibly all indices); the other axis is ``None``.
+    """
+    plan.validate(model)
+    out: IndexMap = {}
+    for spec in layer_specs(model):
+        for slices, kept in ((spec.attention, plan.attention[spec.index]), (spec.mlp, plan.mlp[spec.index])):
+            units = torch.tensor(kept, dtype=torch.long)
+            for s in slices:
+                idx = expand_units(units, s.width)
+                out[f"{spec.prefix}.{s.name}"] = (idx, None) if s.axis == ROWS else (None, idx)
+    return out
+
+
+def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+    """``{name: (out_features, in_features)}`` of the prunable Linears of ``model`` (plain names)."""
+    shapes: dict[str, tuple[int, int]] = {}
+    for spec in layer_specs(model):
+        for s in spec.attention + spec.mlp:
+            lin = get_linear(spec, s)
+            shapes[f"{spec.prefix}.{s.name}"] = (lin.out_features, lin.in_features)
+    return shapes
+
+
+def lora_to_global(
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    index_map: Mapping[str, tuple[torch.Tensor | None, torch.Tensor | None]],
+    global_shapes: Mapping[str, tuple[int, int]],
+) -> Factors:
+    """Scatter sub-model factors into global coordinates (zeros in removed rows/columns).
+
+    Modules absent from ``index_map`` (not prunable, e.g. a classifier) are passed through unchanged.
+    """
+    out: Factors = {}
+    for name, (a, b) in factors.items():
+        if name not in index_map:
+            out[name] = (a, b)
+            continue
+        rows, cols = index_map[name]
+        g_out, g_in = global_shapes[name]
+        a_full = a
+        if cols is not None:
+            a_full = a.new_zeros(a.shape[0], g_in)
+            a_full[:, cols.to(a.device)] = a
+        b_full = b
+        if rows is not None:
+            b_full = b.new_zeros(g_out, b.shape[1])
+            b_full[rows.to(b.device)] = b
+        if a_full.shape[1] != g_in or b_full.shape[0] != g_out:
+            raise ValueError(
+                f"{name}: mapped LoRA shapes {tuple(b_full.shape)}x{tuple(a_full.shape)} "
+                f"do not match global {(g_out, g_in)}"
+            )
+        out[name] = (a_full, b_full)
+    return out
+
+
+def lora_to_sub(
+    factors_full: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    index_map: Mapping[str, tuple[torch.Tensor | None, torch.Tensor | None]],
+) -> Factors:
+    """Inverse of :func:`lora_to_global`: slice global factors down to a sub-model's coordinates."""
+    out: Factors = {}
+    for name, (a, b) in factors_full.items():
+        rows, cols = index_map.get(name, (None, None))
+        a_sub = a if cols is None else a.index_select(1, cols.to(a.device))
+        b_sub = b if rows is None else b.index_select(0, rows.to(b.device))
+        out[name] = (a_sub.clone(), b_sub.clone())
+    return out
+
+
+@torch.no_grad()
+def merge_lora_delta(model: nn.Module, factors_full: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Add ``B @ A`` into the base weight of each named Linear of ``model`` in place.
+
+    Used before a global pruning step so the learned adapters survive in the base weights.  Names are
+    plain HF names; a PEFT-wrapped model is looked through (its LoRA weights are left as they are).
+    """
+    model, _ = _plain_root(model)
+    for name, (a, b) in factors_full.items():
+        lin = unwrap_linear(model.get_submodule(name))
+        delta = (b.to(torch.float32) @ a.to(torch.float32)).to(
+            device=lin.weight.device, dtype=lin.weight.dtype
+        )
+        if delta.shape != lin.weight.shape:
+            raise ValueError(f"{name}: delta {tuple(delta.shape)} vs weight {tuple(lin.weight.shape)}")
+        lin.weight.add_(delta)
+
+
+def _peft_modules(peft_model: nn.Module) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
+    root = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    mods = [(n, m) for n, m in root.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
+    return root, mods
+
+
+def extract_lora_factors(peft_model: nn.Module, adapter_name: str = "default") -> Factors:
+    """Read ``(A, B * scaling)`` of every LoRA Linear of a PEFT model, keyed by plain HF module name."""
+    _, mods = _peft_modules(peft_model)
+    out: Factors = {}
+    for name, m in mods:
+        if adapter_name not in m.lora_A:
+            continue
+        a = m.lora_A[adapter_name].weight.detach().clone()
+        b = m.lora_B[adapter_name].weight.detach().clone() * float(m.scaling[adapter_name])
+        out[name] = (a, b)
+    return out
+
+
+@torch.no_grad()
+def load_lora_factors(
+    peft_model: nn.Module,
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    adapter_name: str = "default",
+) -> None:
+    """Write factors (scaling folded into B) back into a PEFT model's LoRA weights (B is unscaled)."""
+    _, mods = _peft_modules(peft_model)
+    by_name = dict(mods)
+    for name, (a, b) in factors.items():
+        m = by_name[name]
+        s = float(m.scaling[adapter_name])
+        m.lora_A[adapter_name].weight.copy_(a)
+        m.lora_B[adapter_name].weight.copy_(b / s)

@@ -1,0 +1,91 @@
+"""Run outputs: Parquet tables rewritten atomically after every round, plus config and versions.
+
+Every file is written to a temporary name in the same directory and moved into place with ``os.replace``,
+so a reader (or a crash) never sees half a file. Schema: docs/results.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from fedspine_ray.config import ExperimentConfig
+
+ROUNDS_FILE = "rounds.parquet"
+CLIENTS_FILE = "clients.parquet"
+CONFIG_FILE = "config.yaml"
+VERSIONS_FILE = "versions.json"
+SUMMARY_FILE = "summary.json"
+TRACKED_PACKAGES = ("fedspine-ray", "torch", "ray", "transformers", "peft", "deepspeed", "pandas", "pyarrow")
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` then atomically rename the temporary file onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in TRACKED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+class ResultsWriter:
+    """Accumulates per-round and per-client rows and keeps the Parquet files on disk current."""
+
+    def __init__(self, output_dir: Path, config: ExperimentConfig) -> None:
+        self.output_dir = Path(output_dir)
+        self.round_rows: list[dict[str, Any]] = []
+        self.client_rows: list[dict[str, Any]] = []
+        atomic_write_text(self.output_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        atomic_write_text(self.output_dir / VERSIONS_FILE, json.dumps(library_versions(), indent=2))
+
+    def add_round(self, round_row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
+        self.round_rows.append(round_row)
+        self.client_rows.extend(client_rows)
+        self._write_table(ROUNDS_FILE, self.round_rows)
+        self._write_table(CLIENTS_FILE, self.client_rows)
+
+    def _write_table(self, name: str, rows: list[dict[str, Any]]) -> None:
+        frame = pd.DataFrame(rows)
+        atomic_write(self.output_dir / name, lambda tmp: frame.to_parquet(tmp, index=False))
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.output_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+
+    def rounds(self) -> pd.DataFrame:
+        return pd.DataFrame(self.round_rows)
+
+    def clients(self) -> pd.DataFrame:
+        return pd.DataFrame(self.client_rows)
+
+
+def read_run(output_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load a run's ``(rounds, clients)`` tables."""
+    output_dir = Path(output_dir)
+    return pd.read_parquet(output_dir / ROUNDS_FILE), pd.read_parquet(output_dir / CLIENTS_FILE)

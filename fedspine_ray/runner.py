@@ -1,0 +1,132 @@
+"""Start Ray, create the server actor, step it round by round and record results.
+
+This is the whole of what the launching process does; models and data live in the actors. It is the
+entry point shared by the CLI, the tests and Ray Tune trainables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import ray
+from tqdm.auto import tqdm
+
+from fedspine_ray.config import ExperimentConfig
+from fedspine_ray.results import ResultsWriter
+
+log = logging.getLogger("fedspine_ray")
+
+#: Environment every Ray worker gets: no hub access, no tokenizer thread pools fighting for 2 cores.
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    rounds: pd.DataFrame
+    clients: pd.DataFrame
+    summary: dict[str, Any]
+
+
+def ensure_ray(address: str | None, config: ExperimentConfig, quiet: bool = False) -> bool:
+    """Connect to (``address``) or start a local Ray; returns True when this call started it."""
+    if ray.is_initialized():
+        return False
+    os.environ.update(WORKER_ENV)
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": not quiet,
+        "runtime_env": {"env_vars": WORKER_ENV},
+    }
+    if address is None:
+        from fedspine_ray.runtime.device_sim import local_custom_resources
+
+        kwargs["resources"] = local_custom_resources(config)
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def run_experiment(
+    config: ExperimentConfig,
+    address: str | None = None,
+    progress: bool = True,
+    quiet: bool = False,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Run one federated experiment end to end and return its result tables.
+
+    ``address`` overrides ``runtime.address`` (``"auto"`` joins a running cluster). ``on_round`` receives
+    each per-round row (Ray Tune reports through it).
+    """
+    from fedspine_ray.runtime.server import FederatedServer
+
+    address = address if address is not None else config.runtime.address
+    started = ensure_ray(address, config, quiet)
+    output_dir = config.resolved_output_dir()
+    writer = ResultsWriter(output_dir, config)
+    server = ray.remote(FederatedServer).options(num_cpus=0, max_restarts=0).remote(config.to_dict())
+    wall_start = time.perf_counter()
+    try:
+        info = ray.get(server.setup.remote())
+        log.info(
+            "setup: %d clients, %d train / %d test samples, labels %s, model %s (%.1fM params)",
+            info["num_clients"],
+            info["train_samples"],
+            info["test_samples"],
+            info["labels"],
+            info["model_dir"],
+            info["total_params"] / 1e6,
+        )
+        bar = tqdm(
+            total=config.training.rounds, desc=config.name, unit="round", disable=not progress or quiet
+        )
+        with bar:
+            for rnd in range(config.training.rounds + 1):
+                report = ray.get(server.run_round.remote(rnd))
+                writer.add_round(report.round_row, report.client_rows)
+                _show(report.round_row, bar, config.training.rounds, progress and not quiet)
+                if on_round is not None:
+                    on_round(report.round_row)
+        ray.get(server.shutdown.remote())
+    finally:
+        ray.kill(server)
+        if started:
+            ray.shutdown()
+    rounds = writer.rounds()
+    summary = {
+        "name": config.name,
+        "method": config.method.name,
+        "rounds": config.training.rounds,
+        "initial_accuracy": float(rounds["test_accuracy"].iloc[0]),
+        "final_accuracy": float(rounds["test_accuracy"].iloc[-1]),
+        "best_accuracy": float(rounds["test_accuracy"].max()),
+        "sim_time_s": float(rounds["sim_time_s"].iloc[-1]),
+        "wall_time_s": time.perf_counter() - wall_start,
+        "output_dir": str(output_dir),
+    }
+    writer.write_summary(summary)
+    return RunResult(output_dir, rounds, writer.clients(), summary)
+
+
+def _show(row: dict[str, Any], bar: tqdm, total: int, use_bar: bool) -> None:
+    text = (
+        f"round {row['round']}/{total} acc={row['test_accuracy']:.3f} test_loss={row['test_loss']:.3f} "
+        f"train_loss={row['train_loss']:.3f} sim={row['sim_time_s']:.1f}s wall={row['wall_time_s']:.0f}s"
+    )
+    if not use_bar:
+        log.info(text)
+        return
+    if row["round"] > 0:
+        bar.update(1)
+    bar.set_postfix(
+        acc=f"{row['test_accuracy']:.3f}", loss=f"{row['train_loss']:.3f}", sim=f"{row['sim_time_s']:.0f}s"
+    )
+    bar.write(text)

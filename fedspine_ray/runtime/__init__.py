@@ -1,0 +1,1 @@
+"""Ray runtime: the server actor, client actors and device/time accounting."""

@@ -1,0 +1,129 @@
+"""The device side: one Ray actor per client, holding its private data and training LoRA locally.
+
+The class is plain Python (tests can run it in-process); the server turns it into an actor with
+``ray.remote(FederatedClient).options(num_cpus=..., memory=..., resources=...)`` per device.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedspine_ray.adapters import (
+    Factors,
+    attach_lora,
+    extract_factors,
+    load_factors,
+    load_module_state,
+    module_state,
+)
+from fedspine_ray.data.tokens import TokenizedSplit
+
+
+@dataclass
+class FitTask:
+    """Everything a client needs for one round besides the base model (sent separately when it changes)."""
+
+    round: int
+    base_key: Hashable
+    rank: int
+    factors: Factors
+    head: dict[str, torch.Tensor]
+    local_steps: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    lora_alpha: float
+    lora_dropout: float
+    lora_targets: list[str]
+    head_modules: list[str]
+    seed: int
+
+
+@dataclass
+class FitResult:
+    """A client's reply: its adapter (sub-model coordinates), head, losses and how much work it did."""
+
+    client_id: int
+    round: int
+    num_samples: int
+    factors: Factors
+    head: dict[str, torch.Tensor]
+    losses: list[float]
+    tokens_processed: int
+    wall_time_s: float
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+class FederatedClient:
+    """A federated device: private data, a cached base model, and local LoRA training."""
+
+    def __init__(self, client_id: int, data: TokenizedSplit, num_threads: int) -> None:
+        self.client_id = client_id
+        self.data = data
+        torch.set_num_threads(max(1, num_threads))
+        self._base: nn.Module | None = None
+        self._base_key: Hashable | None = None
+
+    def ready(self) -> dict[str, int]:
+        """Called once after creation so the server can wait for (and time out on) actor start-up."""
+        return {"client_id": self.client_id, "pid": os.getpid(), "num_samples": len(self.data)}
+
+    def cached_base_key(self) -> Hashable | None:
+        return self._base_key
+
+    def fit(self, task: FitTask, base: nn.Module | None) -> FitResult:
+        """Train LoRA (and the head) for ``task.local_steps`` steps on the local data."""
+        start = time.perf_counter()
+        if base is not None:
+            self._base, self._base_key = base, task.base_key
+        if self._base is None or self._base_key != task.base_key:
+            raise RuntimeError(
+                f"client {self.client_id}: base model {task.base_key!r} was never sent; the server must "
+                "send the base with the first task that uses it"
+            )
+        seed = int(np.random.SeedSequence([task.seed, self.client_id, task.round]).generate_state(1)[0])
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        model = attach_lora(
+            copy.deepcopy(self._base),
+            rank=task.rank,
+            alpha=task.lora_alpha,
+            dropout=task.lora_dropout,
+            targets=task.lora_targets,
+            trainable_modules=task.head_modules,
+        )
+        load_factors(model, task.factors)
+        load_module_state(model, task.head)
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=task.weight_decay)
+        losses: list[float] = []
+        tokens = 0
+        size = len(self.data)
+        for _ in range(task.local_steps):
+            indices = rng.choice(size, size=task.batch_size, replace=size < task.batch_size)
+            batch = self.data.batch(indices)
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            tokens += int(batch["input_ids"].numel())
+        return FitResult(
+            client_id=self.client_id,
+            round=task.round,
+            num_samples=size,
+            factors=extract_factors(model),
+            head=module_state(model, task.head_modules),
+            losses=losses,
+            tokens_processed=tokens,
+            wall_time_s=time.perf_counter() - start,
+        )

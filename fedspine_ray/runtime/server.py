@@ -1,0 +1,353 @@
+"""The server: a Ray actor that owns the global model, the clients and the round loop.
+
+The CLI process only creates this actor and polls it round by round for progress; everything that
+touches the model (selection, broadcast through the object store, aggregation, evaluation) happens here.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import GetTimeoutError, RayActorError
+from torch import nn
+
+from fedspine_ray.adapters import linear_shapes, model_bytes, tensor_bytes
+from fedspine_ray.config import ExperimentConfig, config_from_dict
+from fedspine_ray.data import load_data, partition_indices, tokenize
+from fedspine_ray.data.tokens import TokenizedSplit
+from fedspine_ray.models import (
+    head_module_names,
+    load_classifier,
+    load_tokenizer,
+    lora_targets,
+    resolve_model_path,
+)
+from fedspine_ray.runtime.client import FederatedClient, FitResult, FitTask
+from fedspine_ray.runtime.device_sim import ClientDevice, DeviceTimer, build_client_devices
+from fedspine_ray.strategies import ClientAssignment, ClientOutcome, ServerContext, build_strategy
+from fedspine_ray.validation import UpdateError, validate_factors
+
+log = logging.getLogger("fedspine_ray.server")
+
+
+@dataclass
+class RoundReport:
+    """Rows produced by one round: one for the round, one per selected client."""
+
+    round_row: dict[str, Any]
+    client_rows: list[dict[str, Any]]
+
+
+class FederatedServer:
+    """Holds the global model and strategy, drives client actors, evaluates after every round."""
+
+    def __init__(self, config_dict: dict[str, Any]) -> None:
+        self.config: ExperimentConfig = config_from_dict(config_dict)
+        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+        self.sim_clock_s = 0.0
+        self.wall_start = time.perf_counter()
+        self.client_base: dict[int, Hashable] = {}
+        self.dead_clients: set[int] = set()
+
+    # ----------------------------------------------------------------- set-up
+    def setup(self) -> dict[str, Any]:
+        """Load model and data, partition, create client actors; returns a summary for the console."""
+        cfg = self.config
+        model_dir = resolve_model_path(cfg.model.path)
+        data = load_data(cfg.data, cfg.seed)
+        tokenizer = load_tokenizer(model_dir)
+        train = tokenize(data.train_texts, data.train_labels, tokenizer, cfg.model.max_seq_len)
+        self.test = tokenize(
+            data.test_texts, data.test_labels, tokenizer, cfg.model.max_seq_len
+        ).sorted_by_length()
+        self.global_model = load_classifier(model_dir, data.num_labels, cfg.seed)
+        parts = partition_indices(data.train_labels, cfg.clients.num_clients, cfg.partition, cfg.seed)
+        self.devices: list[ClientDevice] = build_client_devices(cfg)
+        self.timer = DeviceTimer(cfg, self.devices)
+        calibration = train.subset(
+            np.arange(min(len(train), cfg.training.batch_size * cfg.pruning.calibration_batches))
+        )
+        self.ctx = ServerContext(
+            config=cfg,
+            global_model=self.global_model,
+            lora_targets=lora_targets(self.global_model, cfg.lora.target_modules),
+            head_modules=head_module_names(self.global_model),
+            client_num_samples={cid: len(p) for cid, p in enumerate(parts)},
+            calibration_batches=list(calibration.batches(cfg.training.batch_size)),
+            client_device_class={d.client_id: d.device_class for d in self.devices},
+        )
+        self.strategy = build_strategy(cfg.method.name)
+        self.strategy.setup(self.ctx)
+        self.clients = [
+            self._create_client(device, train.subset(parts[device.client_id])) for device in self.devices
+        ]
+        self._wait_for_clients()
+        return {
+            "num_clients": len(self.clients),
+            "train_samples": len(train),
+            "test_samples": len(self.test),
+            "labels": data.label_names,
+            "model_dir": str(model_dir),
+            "total_params": sum(p.numel() for p in self.global_model.parameters()),
+        }
+
+    def _create_client(self, device: ClientDevice, data: TokenizedSplit) -> Any:
+        if device.profile is not None:
+            options = device.profile.ray_actor_options()
+        else:
+            options = {"num_cpus": device.num_cpus, "memory": device.memory_bytes}
+        actor = ray.remote(FederatedClient).options(max_restarts=0, **options)
+        return actor.remote(device.client_id, data, device.torch_threads)
+
+    def _wait_for_clients(self) -> None:
+        timeout = self.config.runtime.actor_start_timeout_s
+        try:
+            ray.get([c.ready.remote() for c in self.clients], timeout=timeout)
+        except GetTimeoutError:
+            raise RuntimeError(
+                f"client actors did not start within runtime.actor_start_timeout_s={timeout}s: the cluster lacks "
+                "the CPUs/memory/custom resources they request; fix: lower clients.resources (or the device "
+                "profiles' num_cpus/memory), or add nodes"
+            ) from None
+
+    # ----------------------------------------------------------------- rounds
+    def run_round(self, rnd: int) -> RoundReport:
+        if rnd == 0:
+            return self._initial_report()
+        cfg = self.config
+        wall_start = time.perf_counter()
+        selected = self._select_clients(rnd)
+        assignments = self.strategy.configure_round(rnd, selected)
+        outcomes = self._run_clients(rnd, assignments)
+        round_time = self.timer.close_round(outcomes)
+        self.sim_clock_s += round_time
+        extra = self.strategy.aggregate_round(rnd, outcomes)
+        test_loss, test_accuracy = self.evaluate()
+        usable = [o for o in outcomes if o.usable]
+        round_row = {
+            "round": rnd,
+            "method": cfg.method.name,
+            "sim_time_s": self.sim_clock_s,
+            "round_sim_time_s": round_time,
+            "wall_time_s": time.perf_counter() - self.wall_start,
+            "round_wall_time_s": time.perf_counter() - wall_start,
+            "train_loss": float(np.mean([o.loss_mean for o in usable])) if usable else math.nan,
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "bytes_down": int(sum(o.extras.get("bytes_down", 0) for o in outcomes)),
+            "bytes_up": int(sum(o.extras.get("bytes_up", 0) for o in outcomes)),
+            "num_selected": len(outcomes),
+            "num_aggregated": len(usable),
+            "trainable_params": int(np.mean([o.extras["trainable_params"] for o in usable])) if usable else 0,
+            "total_params": self._eval_params,
+            **self.strategy.global_metrics(),
+            **extra,
+        }
+        client_rows = [self._client_row(rnd, o) for o in outcomes]
+        return RoundReport(round_row, client_rows)
+
+    def _initial_report(self) -> RoundReport:
+        test_loss, test_accuracy = self.evaluate()
+        row = {
+            "round": 0,
+            "method": self.config.method.name,
+            "sim_time_s": 0.0,
+            "round_sim_time_s": 0.0,
+            "wall_time_s": time.perf_counter() - self.wall_start,
+            "round_wall_time_s": 0.0,
+            "train_loss": math.nan,
+            "test_loss": test_loss,
+            "test_accuracy": test_accuracy,
+            "bytes_down": 0,
+            "bytes_up": 0,
+            "num_selected": 0,
+            "num_aggregated": 0,
+            "trainable_params": 0,
+            "total_params": self._eval_params,
+            **self.strategy.global_metrics(),
+        }
+        return RoundReport(row, [])
+
+    def _select_clients(self, rnd: int) -> list[int]:
+        live = [d.client_id for d in self.devices if d.client_id not in self.dead_clients]
+        if not live:
+            raise RuntimeError("every client actor has died; fix: check memory limits and the Ray logs")
+        wanted = self.config.clients.clients_per_round
+        if wanted is None or wanted >= len(live):
+            return live
+        rng = np.random.default_rng([self.config.seed, rnd, 7])
+        return sorted(rng.choice(live, size=wanted, replace=False).tolist())
+
+    def _run_clients(self, rnd: int, assignments: dict[int, ClientAssignment]) -> list[ClientOutcome]:
+        cfg = self.config
+        base_refs: dict[Hashable, tuple[ray.ObjectRef, int, nn.Module]] = {}
+        pending: dict[ray.ObjectRef, int] = {}
+        outcomes: dict[int, ClientOutcome] = {}
+        for cid, assignment in assignments.items():
+            device = self.devices[cid]
+            if assignment.base_key not in base_refs:
+                base = assignment.build_base()
+                base_refs[assignment.base_key] = (ray.put(base), model_bytes(base), base)
+            ref, base_size, base = base_refs[assignment.base_key]
+            needs_base = self.client_base.get(cid) != assignment.base_key
+            adapter_down = tensor_bytes(assignment.factors) + tensor_bytes(assignment.head)
+            cost = self.timer.estimate(
+                device, base, assignment.rank, rnd, cfg.training, self.ctx.lora_targets, self.ctx.head_modules
+            )
+            extras = {
+                "bytes_down": adapter_down + (base_size if needs_base else 0),
+                "bytes_up": adapter_down,
+                "flops_per_token": cost.flops_per_token,
+                "memory_required_bytes": cost.memory_required,
+                "memory_available_bytes": cost.memory_available,
+                "trainable_params": cost.trainable_params,
+                "model_params": cost.model_params,
+                "conditions": cost.conditions,
+            }
+            outcome = ClientOutcome(cid, assignment, "ok", self.ctx.client_num_samples[cid], extras=extras)
+            outcomes[cid] = outcome
+            if not cost.fits:
+                outcome.status = "oom"  # a real device would run out of memory building this sub-model
+                outcome.extras["bytes_up"] = 0
+                continue
+            task = FitTask(
+                round=rnd,
+                base_key=assignment.base_key,
+                rank=assignment.rank,
+                factors=assignment.factors,
+                head=assignment.head,
+                local_steps=cfg.training.local_steps,
+                batch_size=cfg.training.batch_size,
+                lr=cfg.training.lr,
+                weight_decay=cfg.training.weight_decay,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                lora_targets=self.ctx.lora_targets,
+                head_modules=self.ctx.head_modules,
+                seed=cfg.seed,
+            )
+            pending[self.clients[cid].fit.remote(task, ref if needs_base else None)] = cid
+            if needs_base:
+                self.client_base[cid] = assignment.base_key
+        self._collect(rnd, pending, outcomes, {k: v[2] for k, v in base_refs.items()})
+        return [outcomes[cid] for cid in sorted(outcomes)]
+
+    def _collect(
+        self,
+        rnd: int,
+        pending: dict[ray.ObjectRef, int],
+        outcomes: dict[int, ClientOutcome],
+        bases: dict[Hashable, nn.Module],
+    ) -> None:
+        deadline = time.monotonic() + self.config.runtime.round_timeout_s
+        remaining = list(pending)
+        while remaining:
+            done, remaining = ray.wait(
+                remaining, num_returns=1, timeout=max(0.0, deadline - time.monotonic())
+            )
+            if not done:
+                raise RuntimeError(
+                    f"round {rnd}: {len(remaining)} clients did not reply within runtime.round_timeout_s="
+                    f"{self.config.runtime.round_timeout_s}s; fix: raise the timeout or lower training.local_steps"
+                )
+            cid = pending[done[0]]
+            outcome = outcomes[cid]
+            try:
+                result: FitResult = ray.get(done[0])
+            except RayActorError as exc:
+                log.warning(
+                    "client %d: actor died in round %d (%s); it is dropped from later rounds. Fix: give clients "
+                    "more memory (clients.resources / device profiles) and check the Ray logs",
+                    cid,
+                    rnd,
+                    type(exc).__name__,
+                )
+                outcome.status = "actor_died"
+                self.dead_clients.add(cid)
+                self.client_base.pop(cid, None)
+                continue
+            assignment = outcome.assignment
+            expected = linear_shapes(bases[assignment.base_key], self.ctx.lora_targets)
+            try:
+                validate_factors(result.factors, expected, assignment.rank, client_id=cid)
+                validate_factors_head(result.head, assignment.head, cid)
+            except UpdateError as exc:
+                log.warning("round %d: %s", rnd, exc)
+                outcome.status = "rejected"
+                outcome.extras["error"] = str(exc)
+                continue
+            outcome.factors, outcome.head = result.factors, result.head
+            outcome.loss_first, outcome.loss_last = result.losses[0], result.losses[-1]
+            outcome.loss_mean = float(np.mean(result.losses))
+            outcome.wall_time_s = result.wall_time_s
+            outcome.extras["tokens_processed"] = result.tokens_processed
+
+    # ----------------------------------------------------------------- evaluation
+    def evaluate(self) -> tuple[float, float]:
+        """Test loss and accuracy of the strategy's current global model."""
+        model = self.strategy.evaluation_model()
+        self._eval_params = sum(p.numel() for p in model.parameters())
+        losses, correct = [], 0
+        with torch.no_grad():
+            for batch in self.test.batches(self.config.training.eval_batch_size):
+                output = model(**batch)
+                losses.append(float(output.loss) * len(batch["labels"]))
+                correct += int((output.logits.argmax(-1) == batch["labels"]).sum())
+        return sum(losses) / len(self.test), correct / len(self.test)
+
+    def _client_row(self, rnd: int, outcome: ClientOutcome) -> dict[str, Any]:
+        device = self.devices[outcome.client_id]
+        return {
+            "round": rnd,
+            "client_id": outcome.client_id,
+            "device_class": device.device_class,
+            "status": outcome.status,
+            "num_samples": outcome.num_samples,
+            "pruning_ratio": outcome.assignment.pruning_ratio,
+            "lora_rank": outcome.assignment.rank,
+            "arm": -1 if outcome.assignment.arm is None else outcome.assignment.arm,
+            "loss_first": outcome.loss_first,
+            "loss_last": outcome.loss_last,
+            "loss_mean": outcome.loss_mean,
+            "sim_time_s": outcome.sim_time_s,
+            "wall_time_s": outcome.wall_time_s,
+            "bytes_down": int(outcome.extras.get("bytes_down", 0)),
+            "bytes_up": int(outcome.extras.get("bytes_up", 0)),
+            "flops_per_token": float(outcome.extras.get("flops_per_token", math.nan)),
+            "tokens_processed": int(outcome.extras.get("tokens_processed", 0)),
+            "memory_required_bytes": int(outcome.extras.get("memory_required_bytes", 0)),
+            "memory_available_bytes": int(outcome.extras.get("memory_available_bytes", 0)),
+            "model_params": int(outcome.extras.get("model_params", 0)),
+            "trainable_params": int(outcome.extras.get("trainable_params", 0)),
+            "reward": float(outcome.extras.get("reward", math.nan)),
+        }
+
+    def shutdown(self) -> None:
+        for client in self.clients:
+            ray.kill(client)
+
+
+def validate_factors_head(
+    head: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], client_id: int
+) -> None:
+    """The head comes back with the same keys and shapes it was sent with, and finite."""
+    for name, tensor in reference.items():
+        got = head.get(name)
+        if got is None or got.shape != tensor.shape:
+            raise UpdateError(
+                f"client {client_id}: head parameter {name!r} has shape "
+                f"{None if got is None else tuple(got.shape)}, expected {tuple(tensor.shape)}"
+            )
+        if not torch.isfinite(got).all():
+            raise UpdateError(
+                f"client {client_id}: head parameter {name!r} contains NaN/Inf; lower training.lr"
+            )

@@ -1,0 +1,13 @@
+"""Federated methods, registered by the name used in ``method.name``."""
+
+from fedspine_ray.strategies.base import ClientAssignment, ClientOutcome, ServerContext, Strategy
+from fedspine_ray.strategies.fedit import FedIT
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedIT,)}
+
+
+def build_strategy(name: str) -> Strategy:
+    return STRATEGIES[name]()
+
+
+__all__ = ["STRATEGIES", "ClientAssignment", "ClientOutcome", "ServerContext", "Strategy", "build_strategy"]

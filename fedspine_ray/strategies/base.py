@@ -1,0 +1,111 @@
+"""The strategy interface: what a federated method decides each round, separated from how Ray runs it.
+
+Shaped after Flower's ``Strategy``: the server asks the strategy to *configure* a round (which sub-model,
+adapter and rank each selected client gets) and to *aggregate* what came back. The Ray runtime only
+moves tensors and measures time, so a new method is one subclass registered in ``STRATEGIES``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedspine_ray.adapters import Factors
+from fedspine_ray.config import ExperimentConfig
+
+
+@dataclass
+class ServerContext:
+    """What the server hands a strategy: the global model and facts about the task and clients."""
+
+    config: ExperimentConfig
+    global_model: nn.Module
+    lora_targets: list[str]
+    head_modules: list[str]
+    client_num_samples: dict[int, int]
+    calibration_batches: list[dict[str, torch.Tensor]]
+    client_device_class: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class ClientAssignment:
+    """One client's job for a round.
+
+    ``base_key`` names the (sub-)model: clients holding a base with the same key are not sent it again,
+    and each distinct key is put in Ray's object store once per round, whatever the number of clients.
+    ``factors`` are in the sub-model's coordinates with scaling folded into B.
+    """
+
+    base_key: Hashable
+    build_base: Callable[[], nn.Module]
+    rank: int
+    factors: Factors
+    head: dict[str, torch.Tensor]
+    pruning_ratio: float = 0.0
+    arm: int | None = None
+
+
+@dataclass
+class ClientOutcome:
+    """What the server learned about one client in a round (successful or not)."""
+
+    client_id: int
+    assignment: ClientAssignment
+    status: str  # "ok", "straggler", "oom", "rejected", "actor_died"
+    num_samples: int
+    factors: Factors | None = None
+    head: dict[str, torch.Tensor] | None = None
+    loss_first: float = float("nan")
+    loss_last: float = float("nan")
+    loss_mean: float = float("nan")
+    sim_time_s: float = float("nan")
+    wall_time_s: float = float("nan")
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def usable(self) -> bool:
+        return self.status == "ok" and self.factors is not None
+
+
+class Strategy(ABC):
+    """A federated fine-tuning method. Subclasses set ``name`` and implement the three hooks."""
+
+    name: str = ""
+
+    def setup(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    @abstractmethod
+    def configure_round(self, rnd: int, client_ids: Sequence[int]) -> dict[int, ClientAssignment]:
+        """Decide each selected client's sub-model, rank and starting adapter."""
+
+    @abstractmethod
+    def aggregate_round(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
+        """Fold the round's outcomes into the global state; return extra per-round metrics."""
+
+    @abstractmethod
+    def evaluation_model(self) -> nn.Module:
+        """A plain model (adapters merged, head loaded) on which the server measures test accuracy."""
+
+    def global_metrics(self) -> dict[str, float]:
+        """Per-round metrics describing the global model (sparsity, sizes); overridden by pruning methods."""
+        return {"sparsity": 0.0}
+
+
+def weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
+    total = float(sum(weights))
+    if total <= 0:
+        raise ValueError("weighted_mean: weights must sum to a positive number")
+    return sum(t * (w / total) for t, w in zip(tensors, weights, strict=True))
+
+
+def average_states(
+    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
+) -> dict[str, torch.Tensor]:
+    """Sample-weighted FedAvg of same-shaped tensor dicts (used for the full classification head)."""
+    return {key: weighted_mean([s[key] for s in states], weights) for key in states[0]}

@@ -1,0 +1,169 @@
+"""Aggregation of heterogeneous-rank LoRA factors against hand-computed formulas."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fedspine_ray.aggregation import (
+    AGGREGATORS,
+    ClientLoRA,
+    InvalidUpdateError,
+    get_aggregator,
+    validate_update,
+)
+
+OUT, IN = 5, 4
+
+
+def _rand(r: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(r, IN, generator=g, dtype=torch.float64), torch.randn(
+        OUT, r, generator=g, dtype=torch.float64
+    )
+
+
+def _pad(a, b, r):
+    ap = torch.zeros(r, a.shape[1], dtype=a.dtype)
+    bp = torch.zeros(b.shape[0], r, dtype=b.dtype)
+    ap[: a.shape[0]] = a
+    bp[:, : b.shape[1]] = b
+    return ap, bp
+
+
+def test_registry():
+    assert {"fedspine", "hetlora", "flexlora", "fedavg"} <= set(AGGREGATORS)
+    assert get_aggregator("FlexLoRA").name == "flexlora"
+    with pytest.raises(ValueError, match="unknown aggregator"):
+        get_aggregator("nope")
+
+
+def test_hetlora_zero_pad_weighted_mean():
+    a1, b1 = _rand(2, 0)
+    a2, b2 = _rand(4, 1)
+    ups = [ClientLoRA({"q": (a1, b1)}, 10), ClientLoRA({"q": (a2, b2)}, 30)]
+    a, b = get_aggregator("hetlora").aggregate(ups, global_rank=4)["q"]
+    pa1, pb1 = _pad(a1, b1, 4)
+    assert torch.allclose(a, 0.25 * pa1 + 0.75 * a2)
+    assert torch.allclose(b, 0.25 * pb1 + 0.75 * b2)
+    # rank > global rank is rejected
+    with pytest.raises(ValueError, match="global_rank"):
+        get_aggregator("hetlora").aggregate(ups, global_rank=2)
+
+
+def test_hetlora_sparsity_weighted():
+    a1, b1 = _rand(2, 0)
+    a2, b2 = _rand(4, 1)
+    n1, n2 = torch.linalg.matrix_norm(b1 @ a1), torch.linalg.matrix_norm(b2 @ a2)
+    w1 = float(n1 / (n1 + n2))
+    ups = [ClientLoRA({"q": (a1, b1)}, 10), ClientLoRA({"q": (a2, b2)}, 30)]
+    a, _ = get_aggregator("hetlora_sw").aggregate(ups, global_rank=4)["q"]
+    assert torch.allclose(a, w1 * _pad(a1, b1, 4)[0] + (1 - w1) * a2)
+
+
+def test_flexlora_exact_when_rank_suffices():
+    a1, b1 = _rand(1, 2)
+    a2, b2 = _rand(2, 3)
+    ups = [ClientLoRA({"q": (a1, b1)}, 1), ClientLoRA({"q": (a2, b2)}, 3)]
+    target = 0.25 * (b1 @ a1) + 0.75 * (b2 @ a2)  # rank <= 3
+    a, b = get_aggregator("flexlora").aggregate(ups, global_rank=3)["q"]
+    assert a.shape == (3, IN) and b.shape == (OUT, 3)
+    assert torch.allclose(b @ a, target, atol=1e-10)
+    # truncated: best rank-1 approximation (Eckart-Young)
+    a1r, b1r = get_aggregator("flexlora").aggregate(ups, global_rank=1)["q"]
+    s = torch.linalg.svdvals(target)
+    assert torch.linalg.matrix_norm(target - b1r @ a1r) == pytest.approx(float(s[1:].square().sum().sqrt()))
+    # distribute: SVD truncation to rank 2 of the global delta
+    d = get_aggregator("flexlora").distribute({"q": (a, b)}, 2)["q"]
+    assert d[0].shape == (2, IN)
+    assert torch.linalg.matrix_norm(target - d[1] @ d[0]) == pytest.approx(float(s[2:].square().sum().sqrt()))
+
+
+def test_flexlora_distribute_keeps_init_when_delta_zero():
+    a = torch.randn(4, IN, dtype=torch.float64)
+    b = torch.zeros(OUT, 4, dtype=torch.float64)
+    da, db = get_aggregator("flexlora").distribute({"q": (a, b)}, 2)["q"]
+    assert torch.equal(da, a[:2]) and torch.count_nonzero(db) == 0
+
+
+def test_fedavg_requires_equal_ranks():
+    a1, b1 = _rand(2, 0)
+    a2, b2 = _rand(2, 1)
+    ups = [ClientLoRA({"q": (a1, b1)}, 1), ClientLoRA({"q": (a2, b2)}, 1)]
+    a, b = get_aggregator("fedavg").aggregate(ups, 2)["q"]
+    assert torch.allclose(a, (a1 + a2) / 2) and torch.allclose(b, (b1 + b2) / 2)
+    ups.append(ClientLoRA({"q": _rand(3, 2)}, 1))
+    with pytest.raises(ValueError, match="heterogeneous ranks"):
+        get_aggregator("fedavg").aggregate(ups, 3)
+
+
+def test_fedspine_coverage_aware_hand_built():
+    """Client 1: rank 1, covers rows {0,1,2} and cols {0,1}; client 2: rank 2, full coverage."""
+    a1 = torch.tensor([[1.0, 2.0, 0.0, 0.0]], dtype=torch.float64)
+    b1 = torch.tensor([[1.0], [1.0], [1.0], [0.0], [0.0]], dtype=torch.float64)
+    a2 = torch.full((2, IN), 4.0, dtype=torch.float64)
+    b2 = torch.full((OUT, 2), 2.0, dtype=torch.float64)
+    rows1 = torch.tensor([1, 1, 1, 0, 0], dtype=torch.bool)
+    cols1 = torch.tensor([1, 1, 0, 0], dtype=torch.bool)
+    ups = [
+        ClientLoRA({"q": (a1, b1)}, 10, mask={"q": (rows1, cols1)}),
+        ClientLoRA({"q": (a2, b2)}, 30),
+    ]
+    a, b = get_aggregator("fedspine").aggregate(ups, global_rank=2)["q"]
+    # A row 0: cols 0,1 covered by both (10:30), cols 2,3 only by client 2
+    assert torch.allclose(
+        a[0], torch.tensor([0.25 * 1 + 0.75 * 4, 0.25 * 2 + 0.75 * 4, 4.0, 4.0], dtype=torch.float64)
+    )
+    # A row 1 (rank slice 1): only client 2 has it -> no dilution by the rank-1 client
+    assert torch.allclose(a[1], a2[1])
+    # B col 0: rows 0-2 averaged over both, rows 3-4 only client 2; B col 1 only client 2
+    expect_b0 = torch.tensor([0.25 + 1.5, 0.25 + 1.5, 0.25 + 1.5, 2.0, 2.0], dtype=torch.float64)
+    assert torch.allclose(b[:, 0], expect_b0)
+    assert torch.allclose(b[:, 1], b2[:, 1])
+    # compare: hetlora dilutes the uncovered coordinates towards zero
+    ah, _ = get_aggregator("hetlora").aggregate(ups, global_rank=2)["q"]
+    assert ah[1, 0] == pytest.approx(0.75 * 4)
+
+
+def test_fedspine_uncovered_keeps_previous_and_equals_fedavg_when_full():
+    a1, b1 = _rand(2, 4)
+    cols = torch.tensor([1, 0, 1, 1], dtype=torch.bool)
+    a1 = a1 * cols
+    prev = (torch.full((2, IN), 9.0, dtype=torch.float64), torch.zeros(OUT, 2, dtype=torch.float64))
+    a, _ = get_aggregator("fedspine").aggregate(
+        [ClientLoRA({"q": (a1, b1)}, 5, mask={"q": (None, cols)})], 2, previous={"q": prev, "k": prev}
+    )["q"]
+    assert torch.all(a[:, 1] == 9.0) and torch.allclose(a[:, [0, 2, 3]], a1[:, [0, 2, 3]])
+    ups = [ClientLoRA({"q": _rand(3, s)}, n) for s, n in ((5, 2), (6, 7), (7, 1))]
+    f = get_aggregator("fedspine").aggregate(ups, 3)["q"]
+    g = get_aggregator("fedavg").aggregate(ups, 3)["q"]
+    assert torch.allclose(f[0], g[0]) and torch.allclose(f[1], g[1])
+    d = get_aggregator("fedspine").distribute({"q": f}, 2)["q"]
+    assert torch.equal(d[0], f[0][:2]) and torch.equal(d[1], f[1][:, :2])
+
+
+def test_validate_update_messages():
+    shapes = {"layer.0.q": (OUT, IN)}
+    validate_update({"layer.0.q": _rand(2, 0)}, shapes, client=3)
+    a, b = _rand(2, 0)
+    a[0, 0] = float("nan")
+    with pytest.raises(InvalidUpdateError, match=r"client 3, module 'layer.0.q'.*NaN/Inf"):
+        validate_update({"layer.0.q": (a, b)}, shapes, client=3)
+    a, b = _rand(2, 0)
+    b[1, 1] = float("inf")
+    with pytest.raises(InvalidUpdateError, match=r"'layer.0.q': B .*NaN/Inf"):
+        validate_update({"layer.0.q": (a, b)}, shapes, client=3)
+    with pytest.raises(InvalidUpdateError, match=r"module 'layer.0.q': wrong shape A \(2, 3\)"):
+        validate_update({"layer.0.q": (torch.zeros(2, 3), torch.zeros(OUT, 2))}, shapes, client="c7")
+    with pytest.raises(InvalidUpdateError, match="unknown LoRA module"):
+        validate_update({"layer.9.q": _rand(2, 0)}, shapes)
+    with pytest.raises(InvalidUpdateError, match="rank 4 outside"):
+        validate_update({"layer.0.q": _rand(4, 0)}, shapes, max_rank=2)
+    with pytest.raises(InvalidUpdateError, match="global shape"):
+        get_aggregator("hetlora").aggregate(
+            [
+                ClientLoRA({"q": _rand(2, 0)}, 1),
+                ClientLoRA({"q": (torch.zeros(2, 3), torch.zeros(OUT, 2))}, 1),
+            ],
+            2,
+        )

