@@ -347,28 +347,30 @@ def fedspine_reward(
     reference_time: float,
     loss_before: float | None = None,
     loss_after: float | None = None,
-    retained_fraction: float | None = None,
     failed: bool = False,
-    utility_weight: float = 0.5,
+    utility_weight: float = 0.3,
     idle_weight: float = 0.5,
+    octaves: float = 6.0,
     failure_reward: float = -1.0,
 ) -> float:
     """Reward of one device-round, in ``[0, 1]`` for a successful round (``failure_reward`` on OOM).
 
-    ``reward = w * utility + (1 - w) * timeliness`` where
+    ``reward = w * progress + (1 - w) * timeliness`` where
 
-    * ``utility`` = mean of the available terms among the normalised training progress
-      ``clip((loss_before - loss_after) / loss_before, 0, 1)`` and the ``retained_fraction`` of the
-      model's prunable parameters (capacity kept, i.e. ``1 - pruning_ratio`` or a measured value);
-    * ``timeliness = clip(1 - late - idle_weight * idle, 0, 1)`` with
-      ``late = max(0, t - t_ref) / t`` (share of the device's time the others spent waiting on it) and
-      ``idle = max(0, t_ref - t) / t_ref`` (share of the round the device sat idle: it could have used
-      a bigger sub-model / rank). Being late is penalised more than being early (``idle_weight < 1``).
+    * ``progress = clip((loss_before - loss_after) / loss_before, 0, 1)``: training utility of the round;
+    * ``timeliness = 1 - min(1, late / K) - idle_weight * min(1, early / K)`` with
+      ``late = max(0, log2(t / t_ref))`` and ``early = max(0, log2(t_ref / t))`` measured in octaves and
+      ``K = octaves``. A device slower than the round reference is charged for the waiting it causes; a
+      device much faster sat idle and could have afforded a bigger sub-model / rank, at half the price.
 
-    ``t_ref`` is chosen by the driver: the deadline under a deadline policy, else e.g. the median
-    completion time of the previous round. A failed round (OOM, crash) returns ``failure_reward``:
-    strongly below any success so the arm is avoided, while the learner's forgetting still lets it be
-    retried later (memory availability is itself non-stationary).
+    Log scale, not a ratio, because devices differ by 10-50x: on a linear scale every arm of a very slow
+    device would look equally (maximally) late and the bandit could not tell that pruning more helps,
+    whereas here halving the time always earns the same ``1/K``. The best arm for each device is the one
+    that finishes close to ``t_ref`` while still making progress, which balances round times: slow
+    devices prune harder / use lower ranks, fast devices take bigger sub-models. ``t_ref`` is chosen by
+    the driver (the deadline under a deadline policy, else the round's median completion time). A failed
+    round (OOM, crash, diverged loss) returns ``failure_reward``, far below any success, so the arm is
+    avoided while the learner's forgetting still lets it be retried later.
     """
     if failed:
         return float(failure_reward)
@@ -379,18 +381,15 @@ def fedspine_reward(
         )
     if not 0 <= utility_weight <= 1:
         raise ValueError(f"utility_weight must be in [0, 1], got {utility_weight}")
-    late = max(0.0, completion_time - reference_time) / completion_time
-    idle = max(0.0, reference_time - completion_time) / reference_time
-    timeliness = min(1.0, max(0.0, 1.0 - late - idle_weight * idle))
-    terms: list[float] = []
-    if loss_before is not None and loss_after is not None:
-        if not (math.isfinite(loss_before) and math.isfinite(loss_after)):
-            return float(failure_reward)  # diverged training is a failed round
-        progress = (loss_before - loss_after) / loss_before if loss_before > 0 else 0.0
-        terms.append(min(1.0, max(0.0, progress)))
-    if retained_fraction is not None:
-        terms.append(min(1.0, max(0.0, float(retained_fraction))))
-    if not terms:
+    if octaves <= 0:
+        raise ValueError(f"octaves must be > 0, got {octaves}")
+    ratio = math.log2(completion_time / reference_time)
+    late, early = max(0.0, ratio), max(0.0, -ratio)
+    timeliness = max(0.0, 1.0 - min(1.0, late / octaves) - idle_weight * min(1.0, early / octaves))
+    if loss_before is None or loss_after is None:
         return timeliness
-    utility = sum(terms) / len(terms)
-    return utility_weight * utility + (1.0 - utility_weight) * timeliness
+    if not (math.isfinite(loss_before) and math.isfinite(loss_after)):
+        return float(failure_reward)  # diverged training is a failed round
+    progress = (loss_before - loss_after) / loss_before if loss_before > 0 else 0.0
+    progress = min(1.0, max(0.0, progress))
+    return utility_weight * progress + (1.0 - utility_weight) * timeliness

@@ -157,11 +157,20 @@ class PruningConfig:
     protected_layers: list[int] = field(default_factory=list)
     calibration_batches: int = 2
     prune_every: int = 1
+    end_fraction: float = 0.6
 
     def validate(self, where: str) -> None:
         _require(0 <= self.target_sparsity < 1, f"{where}.target_sparsity", "must be in [0, 1)")
         _require(self.calibration_batches >= 1, f"{where}.calibration_batches", "must be >= 1")
         _require(self.prune_every >= 1, f"{where}.prune_every", "must be >= 1")
+        _require(0 < self.end_fraction <= 1, f"{where}.end_fraction", "must be in (0, 1]")
+        from fedspine_ray.pruning import IMPORTANCE_METHODS
+
+        _require(
+            self.importance in IMPORTANCE_METHODS,
+            f"{where}.importance",
+            f"unknown method {self.importance!r}; choose one of {sorted(IMPORTANCE_METHODS)}",
+        )
 
 
 @dataclass(frozen=True)
@@ -170,10 +179,10 @@ class BanditConfig:
 
     pruning_ratios: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5])
     ranks: list[int] = field(default_factory=lambda: [2, 4, 8])
-    algorithm: str = "discounted_ucb"
-    gamma: float = 0.9
-    window: int = 10
-    exploration: float = 0.5
+    algorithm: Literal["discounted_ucb", "sliding_window_ucb", "ucb1"] = "discounted_ucb"
+    gamma: float = 0.95
+    window: int = 50
+    exploration: float = 0.1
 
     def validate(self, where: str) -> None:
         _require(len(self.pruning_ratios) >= 1, f"{where}.pruning_ratios", "needs at least one value")
@@ -214,7 +223,14 @@ class MethodConfig:
     aggregation: str | None = None
 
     def validate(self, where: str) -> None:
+        from fedspine_ray.aggregation import AGGREGATORS
         from fedspine_ray.strategies import STRATEGIES
+
+        _require(
+            self.aggregation is None or self.aggregation in AGGREGATORS,
+            f"{where}.aggregation",
+            f"unknown aggregator {self.aggregation!r}; choose one of {sorted(AGGREGATORS)} or null (method default)",
+        )
 
         _require(
             self.name in STRATEGIES,

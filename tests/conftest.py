@@ -36,6 +36,10 @@ def tiny_text_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+#: Device classes whose custom Ray resources the shared test cluster advertises (shipped + test-defined).
+DEVICE_CLASSES_USED_IN_TESTS = ("jetson_nano", "agx_orin", "xavier_nx", "slow_box", "fast_box")
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One embedded local Ray for all Ray tests (starting Ray costs seconds on 2 cores)."""
@@ -49,7 +53,7 @@ def ray_session():
         include_dashboard=False,
         log_to_driver=False,
         runtime_env={"env_vars": WORKER_ENV},
-        resources={"fedspine_jetson_nano": 1000, "fedspine_agx_orin": 1000, "fedspine_xavier_nx": 1000},
+        resources={f"fedspine_{name}": 1000.0 for name in DEVICE_CLASSES_USED_IN_TESTS},
     )
     yield ray
     ray.shutdown()

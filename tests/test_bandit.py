@@ -124,25 +124,23 @@ def test_arm_grid_and_device_bandits():
 
 
 def test_fedspine_reward():
-    # on time, full progress, all parameters kept -> 1
-    assert (
-        fedspine_reward(
-            completion_time=10, reference_time=10, loss_before=1, loss_after=0, retained_fraction=1
-        )
-        == 1.0
-    )
-    # late by 2x: late = (20-10)/20 = 0.5 -> timeliness 0.5; utility 0.5 -> 0.5*0.5+0.5*0.5
+    # on time, full progress -> 1
+    assert fedspine_reward(completion_time=10, reference_time=10, loss_before=1, loss_after=0) == 1.0
+    # 2x late = 1 octave of K=6 -> timeliness 5/6; progress 0.5 -> 0.3*0.5 + 0.7*5/6
     r = fedspine_reward(completion_time=20, reference_time=10, loss_before=2.0, loss_after=1.0)
-    assert r == pytest.approx(0.5)
-    # early by half: idle = 0.5, timeliness = 1 - 0.5*0.5 = 0.75; no utility terms -> timeliness only
-    assert fedspine_reward(completion_time=5, reference_time=10) == pytest.approx(0.75)
-    # being late hurts more than being early by the same relative amount
-    assert fedspine_reward(completion_time=15, reference_time=10) < fedspine_reward(
+    assert r == pytest.approx(0.3 * 0.5 + 0.7 * (5 / 6))
+    # 2x early: idle penalty is half the lateness penalty; no loss terms -> timeliness only
+    assert fedspine_reward(completion_time=5, reference_time=10) == pytest.approx(1 - 0.5 / 6)
+    assert fedspine_reward(completion_time=20, reference_time=10) < fedspine_reward(
         completion_time=5, reference_time=10
+    )
+    # halving a very slow device's time always pays (no saturation at 30x late)
+    assert fedspine_reward(completion_time=150, reference_time=10) > fedspine_reward(
+        completion_time=300, reference_time=10
     )
     assert fedspine_reward(completion_time=1, reference_time=1, failed=True) == -1.0
     assert (
         fedspine_reward(completion_time=1, reference_time=1, loss_before=1.0, loss_after=float("nan")) == -1.0
     )
-    for t in (0.1, 1.0, 7.0, 100.0):
+    for t in (0.01, 0.1, 1.0, 7.0, 100.0, 1e5):
         assert 0.0 <= fedspine_reward(completion_time=t, reference_time=5, loss_before=1, loss_after=3) <= 1.0

@@ -84,6 +84,9 @@ class FederatedServer:
             client_num_samples={cid: len(p) for cid, p in enumerate(parts)},
             calibration_batches=list(calibration.batches(cfg.training.batch_size)),
             client_device_class={d.client_id: d.device_class for d in self.devices},
+            client_capacity={
+                d.client_id: d.profile.flops_per_s if d.profile else d.num_cpus for d in self.devices
+            },
         )
         self.strategy = build_strategy(cfg.method.name)
         self.strategy.setup(self.ctx)
@@ -351,3 +354,22 @@ def validate_factors_head(
             raise UpdateError(
                 f"client {client_id}: head parameter {name!r} contains NaN/Inf; lower training.lr"
             )
+
+
+def check_cluster_fits(devices: list[ClientDevice]) -> None:
+    """Fail fast, naming the shortfall, when the cluster cannot host every client actor at once."""
+    available = ray.cluster_resources()
+    needed_cpus = sum(d.num_cpus for d in devices)
+    if needed_cpus > available.get("CPU", 0) + 1e-9:
+        raise RuntimeError(
+            f"client actors request {needed_cpus:g} CPUs in total but the Ray cluster has "
+            f"{available.get('CPU', 0):g}; fix: lower clients.resources[].num_cpus (or the device profiles' "
+            "ray_num_cpus), use fewer clients, or add nodes"
+        )
+    missing = sorted({d.ray_resource for d in devices if d.ray_resource and d.ray_resource not in available})
+    if missing:
+        raise RuntimeError(
+            f"no node advertises the custom resource {missing[0]!r} that its device class pins actors to; fix: "
+            "declare it on the node types of your cluster YAML (see clusters/README.md), or let fedspine start "
+            "the local Ray itself (it declares them)"
+        )

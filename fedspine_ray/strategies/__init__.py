@@ -2,8 +2,10 @@
 
 from fedspine_ray.strategies.base import ClientAssignment, ClientOutcome, ServerContext, Strategy
 from fedspine_ray.strategies.fedit import FedIT
+from fedspine_ray.strategies.fedspine import FedSpine
+from fedspine_ray.strategies.heterogeneous import FlexLoRA, HetLoRA
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedIT,)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedIT, HetLoRA, FlexLoRA, FedSpine)}
 
 
 def build_strategy(name: str) -> Strategy:

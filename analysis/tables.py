@@ -1,0 +1,176 @@
+"""Tables over one or more run directories: final metrics, time-to-accuracy, speedups and bandit arm usage.
+
+Inputs are the Parquet files every run writes (schema: docs/results.md). Every function takes the
+concatenated tables returned by :func:`load_runs`, whose ``run`` column tells runs apart, so comparing
+methods is a ``groupby`` away.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+ROUNDS_FILE = "rounds.parquet"
+CLIENTS_FILE = "clients.parquet"
+
+
+def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Load ``(rounds, clients)`` of every run directory, adding a ``run`` column (the directory name).
+
+    ``paths`` is a directory, a glob pattern (``"runs/*"``) or a list of either. Directories without a
+    rounds.parquet are skipped, so ``sweeps/x/runs/*`` works while trials are still starting.
+    """
+    dirs = _run_dirs(paths)
+    if not dirs:
+        raise FileNotFoundError(f"no run directories with {ROUNDS_FILE} in {paths!r}")
+    names = _run_names(dirs)
+    rounds, clients = [], []
+    for directory, name in zip(dirs, names, strict=True):
+        rounds.append(pd.read_parquet(directory / ROUNDS_FILE).assign(run=name))
+        if (directory / CLIENTS_FILE).is_file():
+            clients.append(pd.read_parquet(directory / CLIENTS_FILE).assign(run=name))
+    rounds_df = pd.concat(rounds, ignore_index=True)
+    clients_df = pd.concat(clients, ignore_index=True) if clients else pd.DataFrame(columns=["run"])
+    return _run_first(rounds_df), _run_first(clients_df)
+
+
+def _run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    found: list[Path] = []
+    for item in items:
+        matches = sorted(glob.glob(str(item))) if glob.has_magic(str(item)) else [str(item)]
+        found.extend(Path(m) for m in matches if (Path(m) / ROUNDS_FILE).is_file())
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def _run_names(dirs: Sequence[Path]) -> list[str]:
+    """Directory names, or ``parent/name`` where two runs share a name (e.g. two sweeps' trial dirs)."""
+    names = [d.name for d in dirs]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{d.parent.name}/{d.name}" for d in dirs]
+
+
+def _run_first(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame[["run", *[c for c in frame.columns if c != "run"]]]
+
+
+def _method_of(rounds: pd.DataFrame) -> pd.Series:
+    if "method" in rounds:
+        return rounds.groupby("run", sort=False)["method"].first()
+    return pd.Series({run: "" for run in rounds["run"].unique()}, name="method")
+
+
+def final_metrics(rounds: pd.DataFrame) -> pd.DataFrame:
+    """One row per run: last round's accuracy/loss/time, best accuracy and total bytes moved."""
+    rows = []
+    for run, frame in rounds.sort_values(["run", "round"]).groupby("run", sort=False):
+        last = frame.iloc[-1]
+        rows.append(
+            {
+                "run": run,
+                "method": last.get("method", ""),
+                "rounds": int(last["round"]),
+                "initial_accuracy": float(frame["test_accuracy"].iloc[0]),
+                "final_accuracy": float(last["test_accuracy"]),
+                "best_accuracy": float(frame["test_accuracy"].max()),
+                "final_test_loss": float(last["test_loss"]),
+                "sim_time_s": float(last["sim_time_s"]),
+                "wall_time_s": float(last["wall_time_s"]),
+                "bytes_up": int(frame["bytes_up"].sum()),
+                "bytes_down": int(frame["bytes_down"].sum()),
+                "final_sparsity": float(last.get("sparsity", 0.0)),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def time_to_accuracy(rounds: pd.DataFrame, target: float) -> pd.DataFrame:
+    """Simulated seconds until each run's test accuracy first reaches ``target`` (NaN if it never does).
+
+    Round 0 is the evaluation before training, so a run already at the target reports 0 s.
+    """
+    methods = _method_of(rounds)
+    rows = []
+    for run, frame in rounds.sort_values(["run", "round"]).groupby("run", sort=False):
+        hit = frame[frame["test_accuracy"] >= target]
+        first = hit.iloc[0] if len(hit) else None
+        rows.append(
+            {
+                "run": run,
+                "method": methods.get(run, ""),
+                "target": target,
+                "round": math.nan if first is None else int(first["round"]),
+                "sim_time_s": math.nan if first is None else float(first["sim_time_s"]),
+                "wall_time_s": math.nan if first is None else float(first["wall_time_s"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def speedup_vs(rounds: pd.DataFrame, baseline_method: str, target: float) -> pd.DataFrame:
+    """Time-to-accuracy speedup of every run over ``baseline_method`` (the paper's headline metric).
+
+    ``speedup = baseline time / run time`` in simulated seconds; the baseline time is the mean over the
+    baseline's runs that reached the target. NaN when either side never reaches it.
+    """
+    tta = time_to_accuracy(rounds, target)
+    baseline = tta.loc[tta["method"] == baseline_method, "sim_time_s"]
+    if baseline.empty:
+        raise ValueError(
+            f"speedup_vs: no run of baseline method {baseline_method!r}; methods: {sorted(tta['method'].unique())}"
+        )
+    base_time = float(baseline.mean()) if baseline.notna().any() else math.nan
+    out = tta[["run", "method", "target", "sim_time_s"]].copy()
+    out["baseline_method"] = baseline_method
+    out["baseline_sim_time_s"] = base_time
+    out["speedup"] = [_ratio(base_time, t) for t in out["sim_time_s"]]
+    return out
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    if math.isnan(numerator) or math.isnan(denominator):
+        return math.nan
+    if denominator == 0:
+        return math.inf if numerator > 0 else 1.0
+    return numerator / denominator
+
+
+def arm_usage(clients: pd.DataFrame, by: Sequence[str] = ("device_class",)) -> pd.DataFrame:
+    """Per device class (or any ``by`` columns): mean pruning ratio and LoRA rank, and client counts per status.
+
+    Shows what the bandit learned: weak classes should end up with higher pruning ratios / lower ranks.
+    Status counts (``status_ok``, ``status_oom``, ``status_straggler``, ...) show what it cost to learn it.
+    """
+    by = list(by)
+    if clients.empty:
+        return pd.DataFrame(columns=[*by, "assignments", "mean_pruning_ratio", "mean_lora_rank"])
+    grouped = clients.groupby(by, sort=True)
+    table = grouped.agg(
+        assignments=("client_id", "size"),
+        mean_pruning_ratio=("pruning_ratio", "mean"),
+        mean_lora_rank=("lora_rank", "mean"),
+    )
+    statuses = clients.pivot_table(
+        index=by, columns="status", values="client_id", aggfunc="size", fill_value=0
+    )
+    statuses.columns = [f"status_{c}" for c in statuses.columns]
+    return table.join(statuses).reset_index()
+
+
+def to_markdown(frame: pd.DataFrame, floatfmt: str = ".4g") -> str:
+    """A GitHub-markdown table without the optional ``tabulate`` dependency of ``DataFrame.to_markdown``."""
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else format(value, floatfmt)
+        return str(value)
+
+    header = "| " + " | ".join(str(c) for c in frame.columns) + " |"
+    rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *body])

@@ -1,0 +1,119 @@
+"""FedSpine (Yao et al., arXiv 2501.02438): iterative prune-and-tune with a per-device bandit.
+
+Each round a per-device bandit picks (pruning ratio, LoRA rank); the device trains LoRA on the global
+model pruned further by that ratio. Adapters from differently pruned sub-models are aggregated in global
+coordinates (coverage-aware, see ``fedspine_ray.aggregation``). On the pruning schedule the server merges
+the adapters into the base weights — so nothing learned is lost — scores units (Taylor or magnitude) and
+prunes the global model toward ``pruning.target_sparsity``. The bandit is rewarded with training progress
+and timeliness against the round's median completion time (docs/bandit.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedspine_ray.bandit import ArmGrid, DeviceBandits, fedspine_reward
+from fedspine_ray.pruning import (
+    apply_plan,
+    compute_importance,
+    merge_lora_delta,
+    plan_for_original_ratio,
+    prunable_units,
+    ratio_for_sparsity,
+    sparsity_schedule,
+)
+from fedspine_ray.strategies.base import ClientOutcome, ServerContext
+from fedspine_ray.strategies.lora_base import LoRAStrategy
+
+FAILED_STATUSES = ("oom", "rejected", "actor_died")
+
+
+class FedSpine(LoRAStrategy):
+    name = "fedspine"
+    default_aggregation = "fedspine"
+
+    def setup(self, ctx: ServerContext) -> None:
+        bandit = ctx.config.bandit
+        self.arms = ArmGrid(bandit.pruning_ratios, bandit.ranks)
+        options = {"c": bandit.exploration}
+        options.update({"gamma": bandit.gamma} if bandit.algorithm == "discounted_ucb" else {})
+        options.update({"window": bandit.window} if bandit.algorithm == "sliding_window_ucb" else {})
+        self.bandits = DeviceBandits(
+            self.arms, ctx.config.clients.num_clients, bandit.algorithm, seed=ctx.config.seed, **options
+        )
+        super().setup(ctx)
+        rounds = ctx.config.training.rounds
+        self.prune_rounds = max(1, math.ceil(rounds * ctx.config.pruning.end_fraction))
+
+    def max_rank(self) -> int:
+        return max(self.ctx.config.bandit.ranks)
+
+    def choose(self, rnd: int, client_id: int) -> tuple[float, int, int | None]:
+        arm = self.bandits.select_index(client_id)
+        ratio, rank = self.arms[arm]
+        return float(ratio), int(rank), arm
+
+    def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
+        rewards = self._reward_bandits(outcomes)
+        pruned = self._prune_step(rnd)
+        return {
+            "mean_reward": float(np.mean(rewards)) if rewards else math.nan,
+            "pruned_this_round": float(pruned),
+        }
+
+    # ------------------------------------------------------------------ bandit feedback
+    def _reference_time(self, outcomes: Sequence[ClientOutcome]) -> float:
+        devices = self.ctx.config.devices
+        if devices.round_policy == "deadline" and devices.deadline_s:
+            return float(devices.deadline_s)
+        times = [o.sim_time_s for o in outcomes if o.status not in FAILED_STATUSES and o.sim_time_s > 0]
+        return float(np.median(times)) if times else 1.0
+
+    def _reward_bandits(self, outcomes: Sequence[ClientOutcome]) -> list[float]:
+        reference = self._reference_time(outcomes)
+        rewards = []
+        for outcome in outcomes:
+            if outcome.assignment.arm is None:
+                continue
+            failed = outcome.status in FAILED_STATUSES
+            reward = fedspine_reward(
+                completion_time=outcome.sim_time_s if not failed else 1.0,
+                reference_time=reference,
+                loss_before=None if failed else outcome.loss_first,
+                loss_after=None if failed else outcome.loss_last,
+                failed=failed,
+            )
+            self.bandits.update(outcome.client_id, outcome.assignment.arm, reward)
+            outcome.extras["reward"] = reward
+            rewards.append(reward)
+        return rewards
+
+    # ------------------------------------------------------------------ iterative global pruning
+    def _prune_step(self, rnd: int) -> bool:
+        cfg = self.ctx.config.pruning
+        if rnd > self.prune_rounds or rnd % cfg.prune_every != 0 or cfg.target_sparsity <= 0:
+            return False
+        model = self.ctx.global_model
+        target = sparsity_schedule(cfg.schedule, cfg.target_sparsity, rnd, self.prune_rounds)
+        if target <= prunable_units(model).sparsity + 1e-9:
+            return False
+        merge_lora_delta(model, self.factors)  # keep what LoRA learned before units disappear
+        model.load_state_dict(self.head, strict=False)
+        batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
+        importance = compute_importance(model, cfg.importance, batches)
+        ratio = ratio_for_sparsity(model, target, cfg.protected_layers)
+        units = prunable_units(model)
+        plan = plan_for_original_ratio(
+            importance,
+            ratio,
+            dict(enumerate(units.original_attention_units)),
+            dict(enumerate(units.original_mlp_channels)),
+            cfg.protected_layers,
+        )
+        apply_plan(model, plan)
+        self.mark_global_changed()
+        self.factors = self._fresh_factors(seed=self.ctx.config.seed + rnd)
+        return True

@@ -1,0 +1,182 @@
+"""Shared machinery of every LoRA method: global adapters in full coordinates, sub-models, aggregation.
+
+The server keeps one global adapter per target module at the largest rank any client uses, in the
+coordinates of the current global model. Each round a client gets a sub-model (the global model with a
+fraction of attention units / MLP channels removed, or the model itself), the global adapter cut to its
+rank by the aggregator's ``distribute`` and sliced to the sub-model's coordinates. What comes back is
+scattered into global coordinates (zeros where the sub-model had no units, with a coverage mask) and
+merged by the configured aggregator. Subclasses only decide each client's (pruning ratio, rank) and what
+happens to the global model after aggregation.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from fedspine_ray.adapters import Factors, init_factors, linear_shapes, merge_factors, module_state
+from fedspine_ray.aggregation import Aggregator, ClientLoRA, get_aggregator
+from fedspine_ray.pruning import (
+    UnitImportance,
+    compute_importance,
+    extract_submodel,
+    linear_index_map,
+    lora_to_global,
+    lora_to_sub,
+    plan_for_ratio,
+    prunable_units,
+)
+from fedspine_ray.strategies.base import (
+    ClientAssignment,
+    ClientOutcome,
+    ServerContext,
+    Strategy,
+    average_states,
+)
+
+IndexMap = dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]
+
+
+class LoRAStrategy(Strategy):
+    """Base of FedIT, HetLoRA, FlexLoRA and FedSpine; see the module docstring."""
+
+    #: Aggregator used when ``method.aggregation`` is not set.
+    default_aggregation = "fedavg"
+
+    def setup(self, ctx: ServerContext) -> None:
+        super().setup(ctx)
+        cfg = ctx.config
+        self.aggregator: Aggregator = get_aggregator(cfg.method.aggregation or self.default_aggregation)
+        self.global_rank = self.max_rank()
+        self.version = 0  # bumped whenever the global base weights change (clients must re-download)
+        self.factors: Factors = self._fresh_factors(seed=cfg.seed)
+        self.head = module_state(ctx.global_model, ctx.head_modules)
+        self._importance: UnitImportance | None = None
+        self._round_plans: dict[float, tuple[Callable[[], nn.Module], IndexMap]] = {}
+
+    # ------------------------------------------------------------------ hooks for subclasses
+    def max_rank(self) -> int:
+        return self.ctx.config.lora.rank
+
+    def choose(self, rnd: int, client_id: int) -> tuple[float, int, int | None]:
+        """(pruning ratio, LoRA rank, bandit arm or None) of a client this round."""
+        return 0.0, self.ctx.config.lora.rank, None
+
+    def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
+        """Called once the global adapter is updated (pruning, bandit feedback); returns metrics."""
+        return {}
+
+    # ------------------------------------------------------------------ round protocol
+    def configure_round(self, rnd: int, client_ids: Sequence[int]) -> dict[int, ClientAssignment]:
+        self._round_plans = {}
+        assignments = {}
+        for cid in client_ids:
+            ratio, rank, arm = self.choose(rnd, cid)
+            build, index_map = self._submodel(ratio)
+            factors = lora_to_sub(self.aggregator.distribute(self.factors, rank), index_map)
+            assignments[cid] = ClientAssignment(
+                base_key=(self.version, ratio),
+                build_base=build,
+                rank=rank,
+                factors=factors,
+                head=self.head,
+                pruning_ratio=ratio,
+                arm=arm,
+            )
+        return assignments
+
+    def aggregate_round(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
+        usable = [o for o in outcomes if o.usable]
+        if usable:
+            global_shapes = linear_shapes(self.ctx.global_model, self.ctx.lora_targets)
+            updates = []
+            for outcome in usable:
+                _, index_map = self._round_plans[outcome.assignment.pruning_ratio]
+                full = lora_to_global(outcome.factors, index_map, global_shapes)
+                updates.append(
+                    ClientLoRA(
+                        full,
+                        outcome.num_samples,
+                        _coverage_masks(index_map, global_shapes),
+                        outcome.client_id,
+                    )
+                )
+            self.factors = self.aggregator.aggregate(updates, self.global_rank, previous=self.factors)
+            self.head = average_states([o.head for o in usable], [o.num_samples for o in usable])
+        return self.after_aggregation(rnd, outcomes)
+
+    def evaluation_model(self) -> nn.Module:
+        model = copy.deepcopy(self.ctx.global_model)
+        merge_factors(model, self.factors)
+        model.load_state_dict(self.head, strict=False)
+        return model.eval()
+
+    def global_metrics(self) -> dict[str, float]:
+        return {"sparsity": float(prunable_units(self.ctx.global_model).sparsity)}
+
+    # ------------------------------------------------------------------ helpers
+    def _fresh_factors(self, seed: int) -> Factors:
+        shapes = linear_shapes(self.ctx.global_model, self.ctx.lora_targets)
+        return init_factors(shapes, self.global_rank, seed=seed)
+
+    def importance(self) -> UnitImportance:
+        """Unit importance of the current global model (adapters merged), computed once per version."""
+        if self._importance is None:
+            cfg = self.ctx.config.pruning
+            model = self.evaluation_model()
+            batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
+            self._importance = compute_importance(model, cfg.importance, batches)
+        return self._importance
+
+    def _submodel(self, ratio: float) -> tuple[Callable[[], nn.Module], IndexMap]:
+        """Builder of the sub-model at ``ratio`` and its coordinate map; one per distinct ratio per round."""
+        if ratio not in self._round_plans:
+            if ratio == 0.0:
+                self._round_plans[ratio] = (lambda: self.ctx.global_model, {})
+            else:
+                plan = plan_for_ratio(self.importance(), ratio, self.ctx.config.pruning.protected_layers)
+                index_map = linear_index_map(self.ctx.global_model, plan)
+                self._round_plans[ratio] = (lambda: extract_submodel(self.ctx.global_model, plan), index_map)
+        return self._round_plans[ratio]
+
+    def mark_global_changed(self) -> None:
+        self.version += 1
+        self._importance = None
+
+
+def _coverage_masks(
+    index_map: IndexMap, global_shapes: dict[str, tuple[int, int]]
+) -> dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """Boolean masks of the global rows/columns a sub-model covered (for coverage-aware aggregation)."""
+    masks = {}
+    for name, (rows, cols) in index_map.items():
+        out_features, in_features = global_shapes[name]
+        row_mask = (
+            None if rows is None else torch.zeros(out_features, dtype=torch.bool).index_fill_(0, rows, True)
+        )
+        col_mask = (
+            None if cols is None else torch.zeros(in_features, dtype=torch.bool).index_fill_(0, cols, True)
+        )
+        masks[name] = (row_mask, col_mask)
+    return masks
+
+
+def rank_by_capacity(ctx: ServerContext, ranks: Sequence[int]) -> dict[int, int]:
+    """Static rank per client for HetLoRA / FlexLoRA: stronger devices get higher ranks.
+
+    Capacity is the device profile's FLOP/s (or the actor's CPUs without profiles); distinct capacities
+    are spread evenly over the sorted rank levels, as HetLoRA assigns ranks by client capability.
+    """
+    levels = sorted(ranks)
+    capacity = ctx.client_capacity
+    distinct = sorted(set(capacity.values()))
+    if len(distinct) == 1:
+        return dict.fromkeys(capacity, levels[-1])
+    out = {}
+    for cid, cap in capacity.items():
+        position = distinct.index(cap) / (len(distinct) - 1)
+        out[cid] = levels[round(position * (len(levels) - 1))]
+    return out
