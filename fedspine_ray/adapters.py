@@ -127,12 +127,3 @@ def tensor_bytes(tree: object) -> int:
 
 def model_bytes(model: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
-
-
-def merge_factors(model: nn.Module, factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-    """Add ``B @ A`` into the named Linear weights in place (adapters in the model's own coordinates)."""
-    modules = dict(model.named_modules())
-    with torch.no_grad():
-        for name, (a, b) in factors.items():
-            weight = modules[name].weight
-            weight += (b @ a).to(weight.dtype)

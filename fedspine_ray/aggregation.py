@@ -121,9 +121,9 @@ def validate_update(
         if a.shape[1] != in_f or b.shape[0] != out_f or b.shape[1] != r:
             raise InvalidUpdateError(
                 f"{who}, module {name!r}: wrong shape A {tuple(a.shape)}, B {tuple(b.shape)}; expected "
-                f"A [r, {in_f}] and B [{out_f}, r] in global coordinates. If the client trained a pruned "
-                f"sub-model, scatter its factors back into the global rows/columns (zeros elsewhere) and "
-                f"pass the coverage in ClientLoRA.mask."
+                f"A [r, {in_f}] and B [{out_f}, r] for the model it was sent (the client trained a different "
+                f"sub-model, or sub-model factors were not scattered back with lora_to_global); the update "
+                f"is dropped."
             )
         if r < 1 or (max_rank is not None and r > max_rank):
             raise InvalidUpdateError(f"{who}, module {name!r}: rank {r} outside [1, {max_rank}]")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import yaml
 
 from fedspine_ray.config import ConfigError, load_config
+from fedspine_ray.sweep import add_sweep_command, run_sweep_command
 
 EXIT_CONFIG_ERROR = 2
 
@@ -40,12 +41,15 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show-config", help="print the validated config (defaults filled in)")
     show.add_argument("config", nargs="?")
     show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_sweep_command(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if args.command == "sweep":
+        return run_sweep_command(args)
     try:
         overrides = dict(_parse_override(item) for item in args.overrides)
         if getattr(args, "output_dir", None):

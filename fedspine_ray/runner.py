@@ -24,7 +24,13 @@ from fedspine_ray.results import ResultsWriter
 log = logging.getLogger("fedspine_ray")
 
 #: Environment every Ray worker gets: no hub access, no tokenizer thread pools fighting for 2 cores.
-WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+#: MALLOC_ARENA_MAX keeps glibc from growing one arena per thread in each of many actor processes.
+WORKER_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "MALLOC_ARENA_MAX": "2",
+}
 
 
 @dataclass

@@ -10,9 +10,9 @@ from fedspine_ray.adapters import (
     linear_shapes,
     load_factors,
     load_module_state,
-    merge_factors,
     module_state,
 )
+from fedspine_ray.aggregation import InvalidUpdateError, validate_update
 from fedspine_ray.models import (
     ModelPathError,
     head_module_names,
@@ -20,7 +20,7 @@ from fedspine_ray.models import (
     lora_targets,
     resolve_model_path,
 )
-from fedspine_ray.validation import UpdateError, validate_factors
+from fedspine_ray.pruning import merge_lora_delta
 
 
 def test_packaged_model_path_resolves_and_missing_paths_explain_the_fix(tmp_path):
@@ -59,7 +59,7 @@ def test_factors_round_trip_and_merge_matches_peft_forward(tiny_llama_dir):
     new_head = {k: torch.randn_like(v) for k, v in module_state(base, heads).items()}
     load_module_state(peft_model, new_head)
     merged = copy.deepcopy(base)
-    merge_factors(merged, factors)
+    merge_lora_delta(merged, factors)
     merged.load_state_dict(new_head, strict=False)
     batch = {
         "input_ids": torch.tensor([[11, 12, 13, 14]]),
@@ -72,11 +72,11 @@ def test_factors_round_trip_and_merge_matches_peft_forward(tiny_llama_dir):
 def test_malformed_updates_are_rejected_with_the_module_named():
     shapes = {"layer.q": (8, 6)}
     good = {"layer.q": (torch.zeros(2, 6), torch.zeros(8, 2))}
-    validate_factors(good, shapes, rank=2, client_id=3)
-    with pytest.raises(UpdateError, match=r"client 3: module 'layer.q' .*expected"):
-        validate_factors({"layer.q": (torch.zeros(2, 5), torch.zeros(8, 2))}, shapes, rank=2, client_id=3)
+    validate_update(good, shapes, client=3, max_rank=2, allow_missing=False)
+    with pytest.raises(InvalidUpdateError, match=r"client 3, module 'layer.q': wrong shape"):
+        validate_update({"layer.q": (torch.zeros(2, 5), torch.zeros(8, 2))}, shapes, client=3, max_rank=2)
     nan = {"layer.q": (torch.full((2, 6), float("nan")), torch.zeros(8, 2))}
-    with pytest.raises(UpdateError, match="NaN"):
-        validate_factors(nan, shapes, rank=2, client_id=3)
-    with pytest.raises(UpdateError, match="missing"):
-        validate_factors({}, shapes, rank=2, client_id=3)
+    with pytest.raises(InvalidUpdateError, match="NaN"):
+        validate_update(nan, shapes, client=3, max_rank=2)
+    with pytest.raises(InvalidUpdateError, match="missing"):
+        validate_update({}, shapes, client=3, allow_missing=False)

@@ -9,13 +9,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
+from fedspine_ray.adapters import extract_factors, load_factors
 from fedspine_ray.pruning import (
     compute_importance,
-    extract_lora_factors,
     extract_submodel,
     linear_index_map,
     linear_shapes,
-    load_lora_factors,
     lora_to_global,
     lora_to_sub,
     merge_lora_delta,
@@ -78,7 +77,7 @@ def test_lora_sub_to_global_merge_roundtrip(arch: str) -> None:
     with torch.no_grad():
         want = peft_sub(**x).logits
 
-    factors = extract_lora_factors(peft_sub)
+    factors = extract_factors(peft_sub)
     assert factors, "no LoRA factors found"
     assert all(not n.startswith("base_model") for n in factors)
     index_map = linear_index_map(global_model, plan)
@@ -106,12 +105,12 @@ def test_load_lora_factors_inverts_extract() -> None:
     model = tiny_llama()
     peft_model = get_peft_model(model, LoraConfig(r=2, lora_alpha=16, target_modules=["q_proj"]))
     randomize_lora(peft_model)
-    f = extract_lora_factors(peft_model)
+    f = extract_factors(peft_model)
     zeros = {k: (torch.zeros_like(a), torch.zeros_like(b)) for k, (a, b) in f.items()}
-    load_lora_factors(peft_model, zeros)
-    assert all(float(b.abs().sum()) == 0 for _, b in extract_lora_factors(peft_model).values())
-    load_lora_factors(peft_model, f)
-    for k, (a, b) in extract_lora_factors(peft_model).items():
+    load_factors(peft_model, zeros)
+    assert all(float(b.abs().sum()) == 0 for _, b in extract_factors(peft_model).values())
+    load_factors(peft_model, f)
+    for k, (a, b) in extract_factors(peft_model).items():
         torch.testing.assert_close(a, f[k][0])
         torch.testing.assert_close(b, f[k][1])
 

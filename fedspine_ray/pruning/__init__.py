@@ -26,10 +26,8 @@ from .apply import (
 from .architectures import ADAPTERS, LayerSpec, get_adapter, layer_specs
 from .importance import IMPORTANCE_METHODS, UnitImportance, compute_importance
 from .lora_mapping import (
-    extract_lora_factors,
     linear_index_map,
     linear_shapes,
-    load_lora_factors,
     lora_to_global,
     lora_to_sub,
     merge_lora_delta,
@@ -41,6 +39,7 @@ from .plan import (
     plan_for_original_ratio,
     plan_for_ratio,
     plan_from_keep_counts,
+    relative_plan,
 )
 from .schedule import SCHEDULES, sparsity_schedule
 from .stats import (
@@ -67,7 +66,6 @@ __all__ = [
     "compute_importance",
     "count_parameters",
     "expand_units",
-    "extract_lora_factors",
     "extract_submodel",
     "flops_per_token",
     "get_adapter",
@@ -76,7 +74,6 @@ __all__ = [
     "layer_specs",
     "linear_index_map",
     "linear_shapes",
-    "load_lora_factors",
     "load_pruned",
     "lora_to_global",
     "lora_to_sub",
@@ -86,6 +83,7 @@ __all__ = [
     "plan_for_original_ratio",
     "plan_for_ratio",
     "plan_from_keep_counts",
+    "relative_plan",
     "plan_sparsity",
     "predicted_parameter_count",
     "prunable_units",

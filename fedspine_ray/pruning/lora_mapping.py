@@ -25,13 +25,16 @@ Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
 IndexMap = dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]
 
 
-def linear_index_map(model: nn.Module, plan: PruningPlan) -> IndexMap:
+def linear_index_map(model: nn.Module, plan: PruningPlan, validate: bool = True) -> IndexMap:
     """For each prunable Linear of ``model``: (kept output rows, kept input columns) under ``plan``.
 
     Keys are plain HF module names of ``model`` (e.g. ``model.layers.1.self_attn.q_proj``).  The axis
     that pruning acts on always gets an index tensor (possibly all indices); the other axis is ``None``.
+    ``validate=False`` allows a plan in another coordinate system with the same block structure (e.g.
+    the original, unpruned model's), since only module names and unit widths are read from ``model``.
     """
-    plan.validate(model)
+    if validate:
+        plan.validate(model)
     out: IndexMap = {}
     for spec in layer_specs(model):
         for slices, kept in ((spec.attention, plan.attention[spec.index]), (spec.mlp, plan.mlp[spec.index])):
@@ -115,38 +118,3 @@ def merge_lora_delta(model: nn.Module, factors_full: Mapping[str, tuple[torch.Te
         if delta.shape != lin.weight.shape:
             raise ValueError(f"{name}: delta {tuple(delta.shape)} vs weight {tuple(lin.weight.shape)}")
         lin.weight.add_(delta)
-
-
-def _peft_modules(peft_model: nn.Module) -> tuple[nn.Module, list[tuple[str, nn.Module]]]:
-    root = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
-    mods = [(n, m) for n, m in root.named_modules() if hasattr(m, "lora_A") and hasattr(m, "base_layer")]
-    return root, mods
-
-
-def extract_lora_factors(peft_model: nn.Module, adapter_name: str = "default") -> Factors:
-    """Read ``(A, B * scaling)`` of every LoRA Linear of a PEFT model, keyed by plain HF module name."""
-    _, mods = _peft_modules(peft_model)
-    out: Factors = {}
-    for name, m in mods:
-        if adapter_name not in m.lora_A:
-            continue
-        a = m.lora_A[adapter_name].weight.detach().clone()
-        b = m.lora_B[adapter_name].weight.detach().clone() * float(m.scaling[adapter_name])
-        out[name] = (a, b)
-    return out
-
-
-@torch.no_grad()
-def load_lora_factors(
-    peft_model: nn.Module,
-    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-    adapter_name: str = "default",
-) -> None:
-    """Write factors (scaling folded into B) back into a PEFT model's LoRA weights (B is unscaled)."""
-    _, mods = _peft_modules(peft_model)
-    by_name = dict(mods)
-    for name, (a, b) in factors.items():
-        m = by_name[name]
-        s = float(m.scaling[adapter_name])
-        m.lora_A[adapter_name].weight.copy_(a)
-        m.lora_B[adapter_name].weight.copy_(b / s)

@@ -96,6 +96,23 @@ class PruningPlan:
                     raise ValueError(f"layer {s.index}: {kind} indices invalid for size {n}")
 
 
+def relative_plan(outer: PruningPlan, inner: PruningPlan) -> PruningPlan | None:
+    """The plan ``rel`` with ``outer.compose(rel) == inner``, or ``None`` if ``inner`` keeps a unit ``outer`` lacks.
+
+    Both plans are in the same (e.g. original) coordinates. Used to turn a sub-model a device already
+    holds (``outer``) into a smaller one (``inner``) locally, instead of downloading it.
+    """
+    rel = PruningPlan(base_units=outer.kept_units(), base_channels=outer.kept_channels())
+    for i in outer.layers:
+        for kind in ("attention", "mlp"):
+            position = {unit: j for j, unit in enumerate(getattr(outer, kind)[i])}
+            wanted = getattr(inner, kind)[i]
+            if any(unit not in position for unit in wanted):
+                return None
+            getattr(rel, kind)[i] = [position[unit] for unit in wanted]
+    return rel
+
+
 def identity_plan(model: nn.Module) -> PruningPlan:
     """Plan that keeps everything (useful as a starting point for ``compose``)."""
     plan = PruningPlan()

@@ -6,7 +6,6 @@ The class is plain Python (tests can run it in-process); the server turns it int
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 from collections.abc import Hashable
@@ -25,6 +24,8 @@ from fedspine_ray.adapters import (
     module_state,
 )
 from fedspine_ray.data.tokens import TokenizedSplit
+from fedspine_ray.pruning import apply_plan, merge_lora_delta
+from fedspine_ray.strategies.base import Derivation
 
 
 @dataclass
@@ -76,14 +77,20 @@ class FederatedClient:
         """Called once after creation so the server can wait for (and time out on) actor start-up."""
         return {"client_id": self.client_id, "pid": os.getpid(), "num_samples": len(self.data)}
 
-    def cached_base_key(self) -> Hashable | None:
-        return self._base_key
+    def fit(self, task: FitTask, base: nn.Module | None, derivation: Derivation | None = None) -> FitResult:
+        """Train LoRA (and the head) for ``task.local_steps`` steps on the local data.
 
-    def fit(self, task: FitTask, base: nn.Module | None) -> FitResult:
-        """Train LoRA (and the head) for ``task.local_steps`` steps on the local data."""
+        The base model arrives whole (``base``), as a :class:`Derivation` of the held one, or not at all
+        when the held one is still current.
+        """
         start = time.perf_counter()
         if base is not None:
             self._base, self._base_key = base, task.base_key
+        elif derivation is not None and self._base is not None:
+            for merge in derivation.merges:
+                merge_lora_delta(self._base, merge)
+            apply_plan(self._base, derivation.plan)
+            self._base_key = task.base_key
         if self._base is None or self._base_key != task.base_key:
             raise RuntimeError(
                 f"client {self.client_id}: base model {task.base_key!r} was never sent; the server must "
@@ -92,16 +99,36 @@ class FederatedClient:
         seed = int(np.random.SeedSequence([task.seed, self.client_id, task.round]).generate_state(1)[0])
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
+        # LoRA wraps the cached base in place and is stripped again afterwards (no merge): no second copy
+        # of the model per device, which is what lets 16+ actors share a 24 GiB box.
         model = attach_lora(
-            copy.deepcopy(self._base),
+            self._base,
             rank=task.rank,
             alpha=task.lora_alpha,
             dropout=task.lora_dropout,
             targets=task.lora_targets,
             trainable_modules=task.head_modules,
         )
-        load_factors(model, task.factors)
-        load_module_state(model, task.head)
+        try:
+            load_factors(model, task.factors)
+            load_module_state(model, task.head)
+            losses, tokens = self._train(model, task, rng)
+            factors, head = extract_factors(model), module_state(model, task.head_modules)
+        finally:
+            self._base = model.unload()
+            self._base.eval()
+        return FitResult(
+            client_id=self.client_id,
+            round=task.round,
+            num_samples=len(self.data),
+            factors=factors,
+            head=head,
+            losses=losses,
+            tokens_processed=tokens,
+            wall_time_s=time.perf_counter() - start,
+        )
+
+    def _train(self, model: nn.Module, task: FitTask, rng: np.random.Generator) -> tuple[list[float], int]:
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=task.weight_decay)
@@ -117,13 +144,4 @@ class FederatedClient:
             optimizer.step()
             losses.append(float(loss.detach()))
             tokens += int(batch["input_ids"].numel())
-        return FitResult(
-            client_id=self.client_id,
-            round=task.round,
-            num_samples=size,
-            factors=extract_factors(model),
-            head=module_state(model, task.head_modules),
-            losses=losses,
-            tokens_processed=tokens,
-            wall_time_s=time.perf_counter() - start,
-        )
+        return losses, tokens

@@ -21,6 +21,7 @@ from ray.exceptions import GetTimeoutError, RayActorError
 from torch import nn
 
 from fedspine_ray.adapters import linear_shapes, model_bytes, tensor_bytes
+from fedspine_ray.aggregation import InvalidUpdateError, validate_update
 from fedspine_ray.config import ExperimentConfig, config_from_dict
 from fedspine_ray.data import load_data, partition_indices, tokenize
 from fedspine_ray.data.tokens import TokenizedSplit
@@ -34,7 +35,6 @@ from fedspine_ray.models import (
 from fedspine_ray.runtime.client import FederatedClient, FitResult, FitTask
 from fedspine_ray.runtime.device_sim import ClientDevice, DeviceTimer, build_client_devices
 from fedspine_ray.strategies import ClientAssignment, ClientOutcome, ServerContext, build_strategy
-from fedspine_ray.validation import UpdateError, validate_factors
 
 log = logging.getLogger("fedspine_ray.server")
 
@@ -201,13 +201,19 @@ class FederatedServer:
                 base = assignment.build_base()
                 base_refs[assignment.base_key] = (ray.put(base), model_bytes(base), base)
             ref, base_size, base = base_refs[assignment.base_key]
-            needs_base = self.client_base.get(cid) != assignment.base_key
+            held = self.client_base.get(cid)
+            derivation = None
+            if held != assignment.base_key and held is not None and assignment.derive is not None:
+                derivation = assignment.derive(held)
+            send_base = held != assignment.base_key and derivation is None
+            base_down = base_size if send_base else (derivation.nbytes if derivation is not None else 0)
             adapter_down = tensor_bytes(assignment.factors) + tensor_bytes(assignment.head)
             cost = self.timer.estimate(
                 device, base, assignment.rank, rnd, cfg.training, self.ctx.lora_targets, self.ctx.head_modules
             )
             extras = {
-                "bytes_down": adapter_down + (base_size if needs_base else 0),
+                "bytes_down": adapter_down + base_down,
+                "base_transfer": "full" if send_base else ("derived" if derivation is not None else "cached"),
                 "bytes_up": adapter_down,
                 "flops_per_token": cost.flops_per_token,
                 "memory_required_bytes": cost.memory_required,
@@ -238,9 +244,8 @@ class FederatedServer:
                 head_modules=self.ctx.head_modules,
                 seed=cfg.seed,
             )
-            pending[self.clients[cid].fit.remote(task, ref if needs_base else None)] = cid
-            if needs_base:
-                self.client_base[cid] = assignment.base_key
+            pending[self.clients[cid].fit.remote(task, ref if send_base else None, derivation)] = cid
+            self.client_base[cid] = assignment.base_key
         self._collect(rnd, pending, outcomes, {k: v[2] for k, v in base_refs.items()})
         return [outcomes[cid] for cid in sorted(outcomes)]
 
@@ -281,9 +286,11 @@ class FederatedServer:
             assignment = outcome.assignment
             expected = linear_shapes(bases[assignment.base_key], self.ctx.lora_targets)
             try:
-                validate_factors(result.factors, expected, assignment.rank, client_id=cid)
+                validate_update(
+                    result.factors, expected, client=cid, max_rank=assignment.rank, allow_missing=False
+                )
                 validate_factors_head(result.head, assignment.head, cid)
-            except UpdateError as exc:
+            except InvalidUpdateError as exc:
                 log.warning("round %d: %s", rnd, exc)
                 outcome.status = "rejected"
                 outcome.extras["error"] = str(exc)
@@ -325,6 +332,7 @@ class FederatedServer:
             "wall_time_s": outcome.wall_time_s,
             "bytes_down": int(outcome.extras.get("bytes_down", 0)),
             "bytes_up": int(outcome.extras.get("bytes_up", 0)),
+            "base_transfer": outcome.extras.get("base_transfer", "none"),
             "flops_per_token": float(outcome.extras.get("flops_per_token", math.nan)),
             "tokens_processed": int(outcome.extras.get("tokens_processed", 0)),
             "memory_required_bytes": int(outcome.extras.get("memory_required_bytes", 0)),
@@ -346,12 +354,12 @@ def validate_factors_head(
     for name, tensor in reference.items():
         got = head.get(name)
         if got is None or got.shape != tensor.shape:
-            raise UpdateError(
+            raise InvalidUpdateError(
                 f"client {client_id}: head parameter {name!r} has shape "
                 f"{None if got is None else tuple(got.shape)}, expected {tuple(tensor.shape)}"
             )
         if not torch.isfinite(got).all():
-            raise UpdateError(
+            raise InvalidUpdateError(
                 f"client {client_id}: head parameter {name!r} contains NaN/Inf; lower training.lr"
             )
 

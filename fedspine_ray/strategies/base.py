@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedspine_ray.adapters import Factors
+from fedspine_ray.adapters import Factors, tensor_bytes
 from fedspine_ray.config import ExperimentConfig
+from fedspine_ray.pruning import PruningPlan
 
 
 @dataclass
@@ -31,6 +32,26 @@ class ServerContext:
     calibration_batches: list[dict[str, torch.Tensor]]
     client_device_class: dict[int, str] = field(default_factory=dict)
     client_capacity: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Derivation:
+    """How a device turns the sub-model it holds into the one it is assigned, without downloading it.
+
+    Apply ``merges`` (adapters merged into the global base since the held version, already sliced to the
+    held sub-model's coordinates) in order, then prune with ``plan`` (relative to the held sub-model).
+    Only these low-rank factors and index lists cross the network.
+    """
+
+    merges: list[Factors]
+    plan: PruningPlan
+
+    @property
+    def nbytes(self) -> int:
+        indices = sum(len(v) for v in self.plan.attention.values()) + sum(
+            len(v) for v in self.plan.mlp.values()
+        )
+        return tensor_bytes(self.merges) + 4 * indices
 
 
 @dataclass
@@ -49,6 +70,8 @@ class ClientAssignment:
     head: dict[str, torch.Tensor]
     pruning_ratio: float = 0.0
     arm: int | None = None
+    #: Given the key of the base a client holds, how to derive this base from it (None: download it).
+    derive: Callable[[Hashable], Derivation | None] | None = None
 
 
 @dataclass

@@ -17,9 +17,8 @@ import numpy as np
 
 from fedspine_ray.bandit import ArmGrid, DeviceBandits, fedspine_reward
 from fedspine_ray.pruning import (
-    apply_plan,
+    PruningPlan,
     compute_importance,
-    merge_lora_delta,
     plan_for_original_ratio,
     prunable_units,
     ratio_for_sparsity,
@@ -100,20 +99,19 @@ class FedSpine(LoRAStrategy):
         target = sparsity_schedule(cfg.schedule, cfg.target_sparsity, rnd, self.prune_rounds)
         if target <= prunable_units(model).sparsity + 1e-9:
             return False
-        merge_lora_delta(model, self.factors)  # keep what LoRA learned before units disappear
-        model.load_state_dict(self.head, strict=False)
-        batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
-        importance = compute_importance(model, cfg.importance, batches)
-        ratio = ratio_for_sparsity(model, target, cfg.protected_layers)
-        units = prunable_units(model)
-        plan = plan_for_original_ratio(
-            importance,
-            ratio,
-            dict(enumerate(units.original_attention_units)),
-            dict(enumerate(units.original_mlp_channels)),
-            cfg.protected_layers,
-        )
-        apply_plan(model, plan)
-        self.mark_global_changed()
-        self.factors = self._fresh_factors(seed=self.ctx.config.seed + rnd)
+
+        def plan() -> PruningPlan:  # scored after the merge, on the model that will be pruned
+            batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
+            importance = compute_importance(model, cfg.importance, batches)
+            ratio = ratio_for_sparsity(model, target, cfg.protected_layers)
+            units = prunable_units(model)
+            return plan_for_original_ratio(
+                importance,
+                ratio,
+                dict(enumerate(units.original_attention_units)),
+                dict(enumerate(units.original_mlp_channels)),
+                cfg.protected_layers,
+            )
+
+        self.merge_and_prune(plan)
         return True

@@ -17,21 +17,27 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from fedspine_ray.adapters import Factors, init_factors, linear_shapes, merge_factors, module_state
+from fedspine_ray.adapters import Factors, init_factors, linear_shapes, module_state
 from fedspine_ray.aggregation import Aggregator, ClientLoRA, get_aggregator
 from fedspine_ray.pruning import (
+    PruningPlan,
     UnitImportance,
+    apply_plan,
     compute_importance,
     extract_submodel,
+    identity_plan,
     linear_index_map,
     lora_to_global,
     lora_to_sub,
+    merge_lora_delta,
     plan_for_ratio,
     prunable_units,
+    relative_plan,
 )
 from fedspine_ray.strategies.base import (
     ClientAssignment,
     ClientOutcome,
+    Derivation,
     ServerContext,
     Strategy,
     average_states,
@@ -56,6 +62,13 @@ class LoRAStrategy(Strategy):
         self.head = module_state(ctx.global_model, ctx.head_modules)
         self._importance: UnitImportance | None = None
         self._round_plans: dict[float, tuple[Callable[[], nn.Module], IndexMap]] = {}
+        # Bookkeeping in the ORIGINAL model's unit coordinates, which never change: which units the
+        # global model keeps, which units each issued sub-model keeps, and every adapter merged into the
+        # base (so a device holding an older, larger sub-model can derive a new one locally).
+        self.global_units: PruningPlan = identity_plan(ctx.global_model)
+        self.original_shapes = linear_shapes(ctx.global_model, ctx.lora_targets)
+        self.merge_log: dict[int, Factors] = {}
+        self._issued: dict[tuple[int, float], PruningPlan] = {}
 
     # ------------------------------------------------------------------ hooks for subclasses
     def max_rank(self) -> int:
@@ -77,9 +90,11 @@ class LoRAStrategy(Strategy):
             ratio, rank, arm = self.choose(rnd, cid)
             build, index_map = self._submodel(ratio)
             factors = lora_to_sub(self.aggregator.distribute(self.factors, rank), index_map)
+            key = (self.version, ratio)
             assignments[cid] = ClientAssignment(
-                base_key=(self.version, ratio),
+                base_key=key,
                 build_base=build,
+                derive=lambda held, key=key: self.derivation(held, key),
                 rank=rank,
                 factors=factors,
                 head=self.head,
@@ -110,7 +125,7 @@ class LoRAStrategy(Strategy):
 
     def evaluation_model(self) -> nn.Module:
         model = copy.deepcopy(self.ctx.global_model)
-        merge_factors(model, self.factors)
+        merge_lora_delta(model, self.factors)
         model.load_state_dict(self.head, strict=False)
         return model.eval()
 
@@ -136,15 +151,44 @@ class LoRAStrategy(Strategy):
         if ratio not in self._round_plans:
             if ratio == 0.0:
                 self._round_plans[ratio] = (lambda: self.ctx.global_model, {})
+                self._issued[(self.version, ratio)] = self.global_units
             else:
                 plan = plan_for_ratio(self.importance(), ratio, self.ctx.config.pruning.protected_layers)
                 index_map = linear_index_map(self.ctx.global_model, plan)
                 self._round_plans[ratio] = (lambda: extract_submodel(self.ctx.global_model, plan), index_map)
+                self._issued[(self.version, ratio)] = self.global_units.compose(plan)
         return self._round_plans[ratio]
 
-    def mark_global_changed(self) -> None:
+    def derivation(self, held_key: object, target_key: tuple[int, float]) -> Derivation | None:
+        """Merges + relative plan turning a held sub-model into ``target_key``'s, if its units suffice."""
+        held, target = self._issued.get(held_key), self._issued.get(target_key)  # type: ignore[arg-type]
+        if held is None or target is None:
+            return None
+        plan = relative_plan(held, target)
+        if plan is None:
+            return None
+        index_map = linear_index_map(self.ctx.global_model, held, validate=False)
+        held_version, target_version = held_key[0], target_key[0]  # type: ignore[index]
+        merges = [
+            lora_to_sub(self.merge_log[v], index_map) for v in range(held_version + 1, target_version + 1)
+        ]
+        return Derivation(merges=merges, plan=plan)
+
+    def merge_and_prune(self, plan_fn: Callable[[], PruningPlan]) -> None:
+        """Merge the global adapter into the base, prune the global model with ``plan_fn()``'s plan, and
+        log the merge in original coordinates so devices can replay it; fresh adapters follow."""
+        model = self.ctx.global_model
+        index_map = linear_index_map(model, self.global_units, validate=False)
+        merged = lora_to_global(self.factors, index_map, self.original_shapes)
+        merge_lora_delta(model, self.factors)  # keep what LoRA learned before units disappear
+        model.load_state_dict(self.head, strict=False)
+        plan = plan_fn()
+        apply_plan(model, plan)
+        self.global_units = self.global_units.compose(plan)
         self.version += 1
+        self.merge_log[self.version] = merged
         self._importance = None
+        self.factors = self._fresh_factors(seed=self.ctx.config.seed + self.version)
 
 
 def _coverage_masks(

@@ -1,0 +1,85 @@
+"""Strategy logic without Ray: sub-model derivation, heterogeneous aggregation round trip, rank assignment."""
+
+import copy
+
+import pytest
+import torch
+
+from fedspine_ray.config import config_from_dict
+from fedspine_ray.models import head_module_names, load_classifier, lora_targets
+from fedspine_ray.pruning import prunable_units
+from fedspine_ray.strategies import ServerContext, build_strategy
+from fedspine_ray.strategies.lora_base import rank_by_capacity
+
+
+def make_context(model_dir, **sections):
+    raw = {"model": {"path": str(model_dir)}, "clients": {"num_clients": 2}, "training": {"rounds": 1}}
+    raw.update(sections)
+    config = config_from_dict(raw)
+    model = load_classifier(model_dir, num_labels=2, seed=0)
+    torch.manual_seed(0)
+    batch = {
+        "input_ids": torch.randint(5, 500, (8, 12)),
+        "attention_mask": torch.ones(8, 12, dtype=torch.long),
+        "labels": torch.randint(0, 2, (8,)),
+    }
+    return ServerContext(
+        config=config,
+        global_model=model,
+        lora_targets=lora_targets(model, "auto"),
+        head_modules=head_module_names(model),
+        client_num_samples={0: 10, 1: 30},
+        calibration_batches=[batch],
+        client_capacity={0: 1.0, 1: 5.0},
+    ), batch
+
+
+def test_device_derives_new_submodel_from_held_one_exactly(tiny_llama_dir):
+    ctx, batch = make_context(
+        tiny_llama_dir,
+        method={"name": "fedspine"},
+        pruning={"target_sparsity": 0.5, "importance": "taylor", "end_fraction": 1.0},
+        bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
+    )
+    strategy = build_strategy("fedspine")
+    strategy.setup(ctx)
+    build, _ = strategy._submodel(0.0)
+    held_key, held = (0, 0.0), copy.deepcopy(build())
+    # pretend clients trained: a non-zero global adapter, then the server's prune step merges it
+    strategy.factors = {k: (a, torch.randn_like(b) * 0.05) for k, (a, b) in strategy.factors.items()}
+    assert strategy._prune_step(1)
+    assert prunable_units(ctx.global_model).sparsity == pytest.approx(0.5, abs=0.05)
+    strategy._round_plans = {}
+    build_new, _ = strategy._submodel(0.5)
+    derivation = strategy.derivation(held_key, (1, 0.5))
+    assert derivation is not None and len(derivation.merges) == 1
+    # the derivation is far smaller than the model it replaces
+    full_bytes = sum(t.numel() * 4 for t in build_new().state_dict().values())
+    assert derivation.nbytes < full_bytes / 10
+    from fedspine_ray.pruning import apply_plan, merge_lora_delta
+
+    for merge in derivation.merges:
+        merge_lora_delta(held, merge)
+    apply_plan(held, derivation.plan)
+    expected = build_new()
+    expected.eval()
+    held.eval()
+    held.load_state_dict(
+        {k: v for k, v in expected.state_dict().items() if k.startswith("score.")}, strict=False
+    )
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    torch.testing.assert_close(held(**inputs).logits, expected(**inputs).logits, atol=1e-5, rtol=1e-4)
+    # a held sub-model lacking units cannot be derived from
+    strategy._submodel(0.0)
+    assert strategy.derivation((1, 0.5), (1, 0.0)) is None
+
+
+def test_capacity_ranks_and_hetlora_setup(tiny_llama_dir):
+    ctx, _ = make_context(tiny_llama_dir, method={"name": "hetlora"}, bandit={"ranks": [2, 4, 8]})
+    assert rank_by_capacity(ctx, [8, 2, 4]) == {0: 2, 1: 8}
+    strategy = build_strategy("hetlora")
+    strategy.setup(ctx)
+    assignments = strategy.configure_round(1, [0, 1])
+    assert assignments[0].rank == 2 and assignments[1].rank == 8
+    a, b = next(iter(assignments[0].factors.values()))
+    assert a.shape[0] == 2 and b.shape[1] == 2
