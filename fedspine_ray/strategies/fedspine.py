@@ -5,7 +5,7 @@ model pruned further by that ratio. Adapters from differently pruned sub-models 
 coordinates (coverage-aware, see ``fedspine_ray.aggregation``). On the pruning schedule the server merges
 the adapters into the base weights — so nothing learned is lost — scores units (Taylor or magnitude) and
 prunes the global model toward ``pruning.target_sparsity``. The bandit is rewarded with training progress
-and timeliness against the round's median completion time (docs/bandit.md).
+and timeliness against the other clients' median completion time (docs/bandit.md).
 """
 
 from __future__ import annotations
@@ -64,15 +64,25 @@ class FedSpine(LoRAStrategy):
         }
 
     # ------------------------------------------------------------------ bandit feedback
-    def _reference_time(self, outcomes: Sequence[ClientOutcome]) -> float:
+    def _reference_time(self, outcome: ClientOutcome, outcomes: Sequence[ClientOutcome]) -> float:
+        """The deadline, else the median completion time of the *other* clients this round.
+
+        Leaving the device itself out matters: with a plain median, a slow device that is half the
+        population moves the median with its own arm and sees no benefit from pruning.
+        """
         devices = self.ctx.config.devices
         if devices.round_policy == "deadline" and devices.deadline_s:
             return float(devices.deadline_s)
-        times = [o.sim_time_s for o in outcomes if o.status not in FAILED_STATUSES and o.sim_time_s > 0]
-        return float(np.median(times)) if times else 1.0
+        others = [
+            o.sim_time_s
+            for o in outcomes
+            if o is not outcome and o.status not in FAILED_STATUSES and o.sim_time_s > 0
+        ]
+        if others:
+            return float(np.median(others))
+        return outcome.sim_time_s if outcome.sim_time_s > 0 else 1.0
 
     def _reward_bandits(self, outcomes: Sequence[ClientOutcome]) -> list[float]:
-        reference = self._reference_time(outcomes)
         rewards = []
         for outcome in outcomes:
             if outcome.assignment.arm is None:
@@ -80,7 +90,7 @@ class FedSpine(LoRAStrategy):
             failed = outcome.status in FAILED_STATUSES
             reward = fedspine_reward(
                 completion_time=outcome.sim_time_s if not failed else 1.0,
-                reference_time=reference,
+                reference_time=self._reference_time(outcome, outcomes),
                 loss_before=None if failed else outcome.loss_first,
                 loss_after=None if failed else outcome.loss_last,
                 failed=failed,
