@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # `analysis` is a top-level folder of the repository, not installed
     sys.path.insert(0, str(REPO_ROOT))
 
 from analysis.tables import final_metrics, speedup_vs, time_to_accuracy, to_markdown  # noqa: E402
+from fedspine_ray.cli_options import add_override_argument, parse_overrides  # noqa: E402
 from fedspine_ray.config import ConfigError, ExperimentConfig, load_config, shipped_config_path  # noqa: E402
 from fedspine_ray.results import atomic_write_text, library_versions  # noqa: E402
 
@@ -49,14 +49,6 @@ AUTO_TARGET_FRACTION = 0.95
 JSON_NAME = "bench_methods.json"
 
 log = logging.getLogger("bench_methods")
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value read as YAML, exactly like ``fedspine run --set``."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set training.rounds=3")
-    return key.strip(), yaml.safe_load(value)
 
 
 def parse_target(text: str) -> float | None:
@@ -87,13 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="auto|ACC",
         help=f"target test accuracy; 'auto' (default) = {AUTO_TARGET_FRACTION} x the lowest best accuracy",
     )
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field for every method, e.g. --set training.rounds=3 (repeatable)",
+    add_override_argument(
+        ap, "override a config field for every method, e.g. --set training.rounds=3 (repeatable)"
     )
     ap.add_argument("--out-dir", default=None, help="default: benchmarks/results/<timestamp>")
     ap.add_argument(
@@ -256,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     methods = list(dict.fromkeys(m.strip() for m in args.methods.split(",") if m.strip()))
     config_path = Path(args.config) if args.config else shipped_config_path("fedspine.yaml")
     try:
-        overrides = dict(parse_override(item) for item in args.overrides)
+        overrides = parse_overrides(args.overrides)
         base = load_config(config_path, overrides)
         for method in methods:  # validates every method name before Ray starts
             base.with_overrides({"method.name": method})

@@ -9,17 +9,11 @@ from collections.abc import Sequence
 
 import yaml
 
+from fedspine_ray.cli_options import add_override_argument, parse_overrides
 from fedspine_ray.config import ConfigError, load_config
 from fedspine_ray.sweep import add_sweep_command, run_sweep_command
 
 EXIT_CONFIG_ERROR = 2
-
-
-def _parse_override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set training.rounds=3")
-    return key.strip(), yaml.safe_load(value)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,18 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", help="YAML config (default: the shipped default.yaml)")
     run.add_argument("--address", default=None, help="Ray address; 'auto' joins a running cluster")
     run.add_argument("--output-dir", default=None, help="where results go (default: runs/<name>)")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set training.rounds=3 (repeatable)",
-    )
+    add_override_argument(run, "override a config field, e.g. --set training.rounds=3 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, log lines only")
     show = commands.add_parser("show-config", help="print the validated config (defaults filled in)")
     show.add_argument("config", nargs="?")
-    show.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_override_argument(show, "override a config field (repeatable)")
     add_sweep_command(commands)
     return parser
 
@@ -51,7 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sweep":
         return run_sweep_command(args)
     try:
-        overrides = dict(_parse_override(item) for item in args.overrides)
+        overrides = parse_overrides(args.overrides)
         if getattr(args, "output_dir", None):
             overrides["output_dir"] = args.output_dir
         config = load_config(args.config, overrides)

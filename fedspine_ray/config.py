@@ -324,14 +324,18 @@ def load_config(
 ) -> ExperimentConfig:
     """Read and validate a YAML config; ``None`` loads the shipped default."""
     config_path = Path(path) if path is not None else shipped_config_path()
-    if not config_path.is_file():
-        raise ConfigError(f"config: file {str(config_path)!r} not found; pass an existing YAML path")
-    try:
-        raw = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config: {config_path} is not valid YAML ({exc})") from exc
-    config = config_from_dict(raw or {})
+    config = config_from_dict(read_yaml(config_path, "config") or {})
     return config.with_overrides(overrides) if overrides else config
+
+
+def read_yaml(path: Path, what: str) -> Any:
+    """Parse a YAML file, turning a missing file or bad YAML into a :class:`ConfigError` about ``what``."""
+    if not path.is_file():
+        raise ConfigError(f"{what}: file {str(path)!r} not found; pass an existing YAML path")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what}: {path} is not valid YAML ({exc})") from exc
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:

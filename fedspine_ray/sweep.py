@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from fedspine_ray.cli_options import add_override_argument, parse_overrides
 from fedspine_ray.config import (
     ConfigError,
     ExperimentConfig,
     config_from_dict,
     load_config,
+    read_yaml,
     shipped_config_path,
 )
 from fedspine_ray.results import atomic_write
@@ -146,12 +147,7 @@ class SweepSpec:
 def load_sweep(path: str | Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
     """Read and validate a sweep YAML; ``overrides`` are extra fixed dotted overrides (CLI ``--set``)."""
     sweep_path = Path(path)
-    if not sweep_path.is_file():
-        raise ConfigError(f"sweep: file {str(sweep_path)!r} not found; pass an existing YAML path")
-    try:
-        raw = yaml.safe_load(sweep_path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"sweep: {sweep_path} is not valid YAML ({exc})") from exc
+    raw = read_yaml(sweep_path, "sweep")
     if not isinstance(raw, Mapping):
         raise ConfigError(f"sweep: {sweep_path} must contain a mapping, got {type(raw).__name__}")
     raw = dict(raw)
@@ -511,13 +507,9 @@ def add_sweep_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
     sweep.add_argument("sweep_file", help="sweep YAML (see tune_configs/ and docs/sweeps.md)")
     sweep.add_argument("--address", default=None, help="Ray address; 'auto' joins a running cluster")
     sweep.add_argument("--storage-path", default=None, help="override the sweep's storage_path")
-    sweep.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="fixed override of the base config for every trial, e.g. --set training.rounds=2 (repeatable)",
+    add_override_argument(
+        sweep,
+        "fixed override of the base config for every trial, e.g. --set training.rounds=2 (repeatable)",
     )
     sweep.add_argument("--quiet", action="store_true", help="less Tune output")
     return sweep
@@ -526,7 +518,7 @@ def add_sweep_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def run_sweep_command(args: argparse.Namespace) -> int:
     """Handle ``fedspine sweep``: exit 2 on a config error (before Ray starts), 1 if any trial failed."""
     try:
-        overrides = dict(_parse_override(item) for item in args.overrides)
+        overrides = parse_overrides(args.overrides)
         spec = load_sweep(args.sweep_file, overrides)
         if args.storage_path:
             spec = _with_storage(spec, args.storage_path)
@@ -544,13 +536,6 @@ def _with_storage(spec: SweepSpec, storage_path: str) -> SweepSpec:
     import dataclasses
 
     return dataclasses.replace(spec, storage_path=storage_path)
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set training.rounds=3")
-    return key.strip(), yaml.safe_load(value)
 
 
 __all__ = [

@@ -9,29 +9,23 @@ from fedspine_ray.runner import run_experiment
 
 from .test_e2e_ray import tiny_config
 
+
 # Two user-defined device classes (profiles are user-extensible): compute dominates transfers, and the
 # slow class is 20x slower (a Jetson Nano vs an AGX Orin is ~30x), so the bandit must learn to prune the
 # slow devices' sub-models.
-PROFILES = {
-    "slow_box": {
-        "flops_per_s": 5.0e9,
+def _box(flops_per_s: float) -> dict:
+    fast_links = {"uplink_bps": 1.0e10, "downlink_bps": 1.0e10}
+    return {
+        "flops_per_s": flops_per_s,
         "memory_bytes": 4.0e9,
-        "uplink_bps": 1.0e10,
-        "downlink_bps": 1.0e10,
         "fluctuation": 0.05,
+        **fast_links,
         "ray_num_cpus": 0.25,
         "ray_memory_bytes": 3.0e8,
-    },
-    "fast_box": {
-        "flops_per_s": 1.0e11,
-        "memory_bytes": 4.0e9,
-        "uplink_bps": 1.0e10,
-        "downlink_bps": 1.0e10,
-        "fluctuation": 0.05,
-        "ray_num_cpus": 0.25,
-        "ray_memory_bytes": 3.0e8,
-    },
-}
+    }
+
+
+PROFILES = {"slow_box": _box(5.0e9), "fast_box": _box(1.0e11)}
 
 
 @pytest.fixture()
