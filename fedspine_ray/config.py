@@ -221,6 +221,7 @@ class MethodConfig:
 
     name: str = "fedit"
     aggregation: str | None = None
+    prune_global: bool | None = None
 
     def validate(self, where: str) -> None:
         from fedspine_ray.aggregation import AGGREGATORS

@@ -47,7 +47,7 @@ def test_device_derives_new_submodel_from_held_one_exactly(tiny_llama_dir):
     held_key, held = (0, 0.0), copy.deepcopy(build())
     # pretend clients trained: a non-zero global adapter, then the server's prune step merges it
     strategy.factors = {k: (a, torch.randn_like(b) * 0.05) for k, (a, b) in strategy.factors.items()}
-    assert strategy._prune_step(1)
+    assert strategy.global_prune_step(1)
     assert prunable_units(ctx.global_model).sparsity == pytest.approx(0.5, abs=0.05)
     strategy._round_plans = {}
     build_new, _ = strategy._submodel(0.5)
@@ -83,3 +83,20 @@ def test_capacity_ranks_and_hetlora_setup(tiny_llama_dir):
     assert assignments[0].rank == 2 and assignments[1].rank == 8
     a, b = next(iter(assignments[0].factors.values()))
     assert a.shape[0] == 2 and b.shape[1] == 2
+
+
+@pytest.mark.parametrize("prune_global", [True, None])
+def test_baselines_prune_globally_only_when_asked(tiny_llama_dir, prune_global):
+    ctx, _ = make_context(
+        tiny_llama_dir,
+        method={"name": "fedit", "prune_global": prune_global},
+        pruning={"target_sparsity": 0.5, "importance": "magnitude", "end_fraction": 1.0},
+    )
+    strategy = build_strategy("fedit")
+    strategy.setup(ctx)
+    metrics = strategy.aggregate_round(1, [])
+    sparsity = prunable_units(ctx.global_model).sparsity
+    if prune_global:
+        assert metrics["pruned_this_round"] == 1.0 and sparsity == pytest.approx(0.5, abs=0.05)
+    else:
+        assert "pruned_this_round" not in metrics and sparsity == 0.0

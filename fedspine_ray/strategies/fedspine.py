@@ -16,14 +16,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedspine_ray.bandit import ArmGrid, DeviceBandits, fedspine_reward
-from fedspine_ray.pruning import (
-    PruningPlan,
-    compute_importance,
-    plan_for_original_ratio,
-    prunable_units,
-    ratio_for_sparsity,
-    sparsity_schedule,
-)
 from fedspine_ray.strategies.base import ClientOutcome, ServerContext
 from fedspine_ray.strategies.lora_base import LoRAStrategy
 
@@ -33,6 +25,7 @@ FAILED_STATUSES = ("oom", "rejected", "actor_died")
 class FedSpine(LoRAStrategy):
     name = "fedspine"
     default_aggregation = "fedspine"
+    prunes_globally = True
 
     def setup(self, ctx: ServerContext) -> None:
         bandit = ctx.config.bandit
@@ -44,8 +37,6 @@ class FedSpine(LoRAStrategy):
             self.arms, ctx.config.clients.num_clients, bandit.algorithm, seed=ctx.config.seed, **options
         )
         super().setup(ctx)
-        rounds = ctx.config.training.rounds
-        self.prune_rounds = max(1, math.ceil(rounds * ctx.config.pruning.end_fraction))
 
     def max_rank(self) -> int:
         return max(self.ctx.config.bandit.ranks)
@@ -57,11 +48,7 @@ class FedSpine(LoRAStrategy):
 
     def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
         rewards = self._reward_bandits(outcomes)
-        pruned = self._prune_step(rnd)
-        return {
-            "mean_reward": float(np.mean(rewards)) if rewards else math.nan,
-            "pruned_this_round": float(pruned),
-        }
+        return {"mean_reward": float(np.mean(rewards)) if rewards else math.nan}
 
     # ------------------------------------------------------------------ bandit feedback
     def _reference_time(self, outcome: ClientOutcome, outcomes: Sequence[ClientOutcome]) -> float:
@@ -99,29 +86,3 @@ class FedSpine(LoRAStrategy):
             outcome.extras["reward"] = reward
             rewards.append(reward)
         return rewards
-
-    # ------------------------------------------------------------------ iterative global pruning
-    def _prune_step(self, rnd: int) -> bool:
-        cfg = self.ctx.config.pruning
-        if rnd > self.prune_rounds or rnd % cfg.prune_every != 0 or cfg.target_sparsity <= 0:
-            return False
-        model = self.ctx.global_model
-        target = sparsity_schedule(cfg.schedule, cfg.target_sparsity, rnd, self.prune_rounds)
-        if target <= prunable_units(model).sparsity + 1e-9:
-            return False
-
-        def plan() -> PruningPlan:  # scored after the merge, on the model that will be pruned
-            batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
-            importance = compute_importance(model, cfg.importance, batches)
-            ratio = ratio_for_sparsity(model, target, cfg.protected_layers)
-            units = prunable_units(model)
-            return plan_for_original_ratio(
-                importance,
-                ratio,
-                dict(enumerate(units.original_attention_units)),
-                dict(enumerate(units.original_mlp_channels)),
-                cfg.protected_layers,
-            )
-
-        self.merge_and_prune(plan)
-        return True

@@ -12,6 +12,7 @@ happens to the global model after aggregation.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -30,9 +31,12 @@ from fedspine_ray.pruning import (
     lora_to_global,
     lora_to_sub,
     merge_lora_delta,
+    plan_for_original_ratio,
     plan_for_ratio,
     prunable_units,
+    ratio_for_sparsity,
     relative_plan,
+    sparsity_schedule,
 )
 from fedspine_ray.strategies.base import (
     ClientAssignment,
@@ -51,6 +55,9 @@ class LoRAStrategy(Strategy):
 
     #: Aggregator used when ``method.aggregation`` is not set.
     default_aggregation = "fedavg"
+    #: Whether the global model is pruned toward ``pruning.target_sparsity`` when ``method.prune_global``
+    #: is not set: FedSpine does; the baselines do only when asked (equal-sparsity comparisons).
+    prunes_globally = False
 
     def setup(self, ctx: ServerContext) -> None:
         super().setup(ctx)
@@ -69,6 +76,9 @@ class LoRAStrategy(Strategy):
         self.original_shapes = linear_shapes(ctx.global_model, ctx.lora_targets)
         self.merge_log: dict[int, Factors] = {}
         self._issued: dict[tuple[int, float], PruningPlan] = {}
+        prune = cfg.method.prune_global
+        self.prune_global = self.prunes_globally if prune is None else prune
+        self.prune_rounds = max(1, math.ceil(cfg.training.rounds * cfg.pruning.end_fraction))
 
     # ------------------------------------------------------------------ hooks for subclasses
     def max_rank(self) -> int:
@@ -121,7 +131,10 @@ class LoRAStrategy(Strategy):
                 )
             self.factors = self.aggregator.aggregate(updates, self.global_rank, previous=self.factors)
             self.head = average_states([o.head for o in usable], [o.num_samples for o in usable])
-        return self.after_aggregation(rnd, outcomes)
+        metrics = self.after_aggregation(rnd, outcomes)
+        if self.prune_global:
+            metrics["pruned_this_round"] = float(self.global_prune_step(rnd))
+        return metrics
 
     def evaluation_model(self) -> nn.Module:
         model = copy.deepcopy(self.ctx.global_model)
@@ -189,6 +202,33 @@ class LoRAStrategy(Strategy):
         self.merge_log[self.version] = merged
         self._importance = None
         self.factors = self._fresh_factors(seed=self.ctx.config.seed + self.version)
+
+    # ------------------------------------------------------------------ iterative global pruning
+    def global_prune_step(self, rnd: int) -> bool:
+        """Prune the global model to this round's scheduled sparsity (adapters merged first)."""
+        cfg = self.ctx.config.pruning
+        if rnd > self.prune_rounds or rnd % cfg.prune_every != 0 or cfg.target_sparsity <= 0:
+            return False
+        model = self.ctx.global_model
+        target = sparsity_schedule(cfg.schedule, cfg.target_sparsity, rnd, self.prune_rounds)
+        if target <= prunable_units(model).sparsity + 1e-9:
+            return False
+
+        def plan() -> PruningPlan:  # scored after the merge, on the model that will be pruned
+            batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
+            importance = compute_importance(model, cfg.importance, batches)
+            ratio = ratio_for_sparsity(model, target, cfg.protected_layers)
+            units = prunable_units(model)
+            return plan_for_original_ratio(
+                importance,
+                ratio,
+                dict(enumerate(units.original_attention_units)),
+                dict(enumerate(units.original_mlp_channels)),
+                cfg.protected_layers,
+            )
+
+        self.merge_and_prune(plan)
+        return True
 
 
 def _coverage_masks(
