@@ -405,10 +405,7 @@ def trial_bundles(spec: SweepSpec, params: Mapping[str, Any]) -> list[dict[str, 
 
     bundles = [{"CPU": spec.trial_cpus}]
     for device in build_client_devices(spec.trial_config(params)):
-        if device.profile is not None:
-            options = device.profile.ray_actor_options()
-        else:
-            options = {"num_cpus": device.num_cpus, "memory": device.memory_bytes, "resources": {}}
+        options = device.actor_options()
         bundle = {"CPU": float(options["num_cpus"]), "memory": float(options["memory"])}
         bundle.update({name: float(amount) for name, amount in options.get("resources", {}).items()})
         bundles.append(bundle)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from torch import nn
@@ -49,6 +50,12 @@ class ClientDevice:
     torch_threads: int
     ray_resource: str | None = None
     profile: DeviceProfile | None = None
+
+    def actor_options(self) -> dict[str, Any]:
+        """Ray options of this client's actor: CPUs, memory and, for a device class, its custom resource."""
+        if self.profile is not None:
+            return self.profile.ray_actor_options()
+        return {"num_cpus": self.num_cpus, "memory": self.memory_bytes}
 
 
 @dataclass(frozen=True)

@@ -101,7 +101,6 @@ class FederatedServer:
             head_modules=head_module_names(self.global_model),
             client_num_samples={cid: len(p) for cid, p in enumerate(parts)},
             calibration_batches=list(calibration.batches(cfg.training.batch_size)),
-            client_device_class={d.client_id: d.device_class for d in self.devices},
             client_capacity={
                 d.client_id: d.profile.flops_per_s if d.profile else d.num_cpus for d in self.devices
             },
@@ -125,12 +124,8 @@ class FederatedServer:
         }
 
     def _create_client(self, device: ClientDevice, data: TokenizedSplit) -> Any:
-        if device.profile is not None:
-            options = device.profile.ray_actor_options()
-        else:
-            options = {"num_cpus": device.num_cpus, "memory": device.memory_bytes}
         name = f"fedspine-{self.run_id}-client-{device.client_id}"
-        actor = ray.remote(FederatedClient).options(max_restarts=0, name=name, **options)
+        actor = ray.remote(FederatedClient).options(max_restarts=0, name=name, **device.actor_options())
         return actor.remote(device.client_id, data, device.torch_threads)
 
     def _wait_for_clients(self) -> None:

@@ -30,7 +30,6 @@ class ServerContext:
     head_modules: list[str]
     client_num_samples: dict[int, int]
     calibration_batches: list[dict[str, torch.Tensor]]
-    client_device_class: dict[int, str] = field(default_factory=dict)
     client_capacity: dict[int, float] = field(default_factory=dict)
 
 
