@@ -207,6 +207,16 @@ class DevicesConfig:
         _require(all(v >= 0 for v in self.mix.values()), f"{where}.mix", "proportions must be >= 0")
         if self.mix:
             _require(sum(self.mix.values()) > 0, f"{where}.mix", "proportions must not all be 0")
+            from fedspine_ray.devices import load_device_profiles
+
+            try:
+                profiles = load_device_profiles(self.profiles_path)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{where}.profiles_path: {exc}") from exc
+            unknown = sorted(set(self.mix) - set(profiles))
+            _require(
+                not unknown, f"{where}.mix", f"unknown device class {unknown[:1]}; known: {sorted(profiles)}"
+            )
         if self.round_policy == "deadline":
             _require(
                 self.deadline_s is not None and self.deadline_s > 0,

@@ -27,6 +27,11 @@ def test_shipped_default_config_is_valid():
         ({"lora": {"rank": 2.5}}, "lora.rank"),
         ({"bogus": 1}, "bogus"),
         ({"devices": {"round_policy": "deadline"}}, "devices.deadline_s"),
+        ({"devices": {"mix": {"jetson_nano": 1, "toaster": 1}}}, "devices.mix"),
+        (
+            {"devices": {"mix": {"jetson_nano": 1}, "profiles_path": "/nonexistent.yaml"}},
+            "devices.profiles_path",
+        ),
     ],
 )
 def test_bad_values_name_the_field(raw, field):

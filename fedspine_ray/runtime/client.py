@@ -62,7 +62,6 @@ class FitResult:
     losses: list[float]
     tokens_processed: int
     wall_time_s: float
-    extras: dict[str, float] = field(default_factory=dict)
 
 
 class FederatedClient:

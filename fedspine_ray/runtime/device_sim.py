@@ -23,7 +23,7 @@ from fedspine_ray.clock import (
     round_end_time,
     simulated_round_time,
 )
-from fedspine_ray.config import ConfigError, ExperimentConfig, TrainingConfig
+from fedspine_ray.config import ExperimentConfig, TrainingConfig
 from fedspine_ray.devices import (
     DeviceConditions,
     DeviceProfile,
@@ -75,16 +75,8 @@ class ClientCost:
 
 
 def _profiles(config: ExperimentConfig) -> dict[str, DeviceProfile]:
-    try:
-        profiles = load_device_profiles(config.devices.profiles_path)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"devices.profiles_path: {exc}") from exc
-    unknown = sorted(set(config.devices.mix) - set(profiles))
-    if unknown:
-        raise ConfigError(
-            f"devices.mix: unknown device class {unknown[0]!r}; known classes: {sorted(profiles)}"
-        )
-    return profiles
+    """The device classes of this run (already checked by ``DevicesConfig.validate``)."""
+    return load_device_profiles(config.devices.profiles_path)
 
 
 def build_client_devices(config: ExperimentConfig) -> list[ClientDevice]:
