@@ -56,7 +56,7 @@ def test_device_derives_new_submodel_from_held_one_exactly(tiny_llama_dir):
     # the derivation is far smaller than the model it replaces
     full_bytes = sum(t.numel() * 4 for t in build_new().state_dict().values())
     assert derivation.nbytes < full_bytes / 10
-    from fedspine_ray.pruning import apply_plan, merge_lora_delta
+    from fedspine_ray.pruning import apply_plan, extend_and_select, merge_lora_delta
 
     for merge in derivation.merges:
         merge_lora_delta(held, merge)
@@ -69,9 +69,19 @@ def test_device_derives_new_submodel_from_held_one_exactly(tiny_llama_dir):
     )
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
     torch.testing.assert_close(held(**inputs).logits, expected(**inputs).logits, atol=1e-5, rtol=1e-4)
-    # a held sub-model lacking units cannot be derived from
-    strategy._submodel(0.0)
-    assert strategy.derivation((1, 0.5), (1, 0.0)) is None
+    # a device moving to a larger sub-model receives only the units it lacks, and ends up exact too
+    grown_from = copy.deepcopy(expected)
+    build_full, _ = strategy._submodel(0.0)
+    grow = strategy.derivation((1, 0.5), (1, 0.0))
+    assert grow is not None and grow.new_units and not grow.merges
+    full = build_full()
+    full_bytes = sum(t.numel() * 4 for t in full.state_dict().values())
+    assert grow.nbytes < full_bytes / 2
+    extend_and_select(grown_from, grow.plan, grow.new_units)
+    grown_from.eval()
+    full.eval()
+    torch.testing.assert_close(grown_from(**inputs).logits, full(**inputs).logits, atol=1e-5, rtol=1e-4)
+    assert strategy.derivation((7, 0.5), (1, 0.0)) is None  # never issued: full download
 
 
 def test_capacity_ranks_and_hetlora_setup(tiny_llama_dir):

@@ -17,11 +17,13 @@ See docs/pruning.md.
 from .apply import (
     apply_plan,
     expand_units,
+    extend_and_select,
     extract_submodel,
     layer_shapes,
     load_pruned,
     original_shapes,
     save_pruned,
+    unit_slices,
 )
 from .architectures import ADAPTERS, LayerSpec, get_adapter, layer_specs
 from .importance import IMPORTANCE_METHODS, UnitImportance, compute_importance
@@ -66,6 +68,7 @@ __all__ = [
     "compute_importance",
     "count_parameters",
     "expand_units",
+    "extend_and_select",
     "extract_submodel",
     "flops_per_token",
     "get_adapter",
@@ -89,6 +92,7 @@ __all__ = [
     "prunable_units",
     "ratio_for_sparsity",
     "save_pruned",
+    "unit_slices",
     "shapes_summary",
     "sparsity",
     "sparsity_schedule",

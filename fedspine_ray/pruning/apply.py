@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ import transformers
 from safetensors.torch import load_file
 from torch import nn
 
-from .architectures import COLS, ROWS, LayerSpec, SliceSpec, get_adapter, layer_specs
+from .architectures import COLS, ROWS, LayerSpec, SliceSpec, get_adapter, layer_specs, unwrap_linear
 from .plan import PruningPlan
 
 SHAPES_ATTR = "fedspine_layer_shapes"
@@ -98,6 +99,69 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
         adapter.set_layer_sizes(spec.block, len(plan.attention[spec.index]), spec)
     _record_shapes(model, original)
     return model
+
+
+def extend_and_select(
+    model: nn.Module,
+    plan: PruningPlan,
+    extra: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]] | None = None,
+) -> nn.Module:
+    """Append units to ``model`` in place, then keep ``plan``'s units; returns ``model``.
+
+    ``extra`` maps a prunable Linear's plain name to the weight (and, for row-sliced Linears, bias) of the
+    appended units, laid out like the Linear's own units along the pruned axis. ``plan`` indexes the
+    current units followed by the appended ones. This lets a device grow the sub-model it holds with only
+    the units it lacks, instead of downloading a whole new sub-model. Without ``extra`` it equals
+    :func:`apply_plan`.
+    """
+    extra = extra or {}
+    adapter = get_adapter(model)
+    original = original_shapes(model)
+    for spec in adapter.specs(model):
+        for slices, kept in ((spec.attention, plan.attention[spec.index]), (spec.mlp, plan.mlp[spec.index])):
+            units = torch.tensor(kept, dtype=torch.long)
+            for s in slices:
+                lin = _check_plain(spec, s)
+                appended = extra.get(f"{spec.prefix}.{s.name}")
+                if appended is not None:
+                    weight, bias = appended
+                    lin.weight = nn.Parameter(
+                        torch.cat([lin.weight.data, weight], s.axis), requires_grad=False
+                    )
+                    if s.axis == ROWS and lin.bias is not None and bias is not None:
+                        lin.bias = nn.Parameter(torch.cat([lin.bias.data, bias]), requires_grad=False)
+                _shrink_linear(lin, expand_units(units, s.width), s.axis)
+        adapter.set_layer_sizes(spec.block, len(plan.attention[spec.index]), spec)
+    _record_shapes(model, original)
+    return model
+
+
+def unit_slices(
+    model: nn.Module, units: Mapping[int, Mapping[str, list[int]]]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Weights (and row biases) of the given units of ``model`` per prunable Linear, for :func:`extend_and_select`.
+
+    ``units[layer]["attention" | "mlp"]`` lists unit indices of ``model``; layers or kinds with no units
+    are skipped.
+    """
+    out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for spec in layer_specs(model):
+        for kind, slices in (("attention", spec.attention), ("mlp", spec.mlp)):
+            chosen = units.get(spec.index, {}).get(kind, [])
+            if not chosen:
+                continue
+            index = torch.tensor(chosen, dtype=torch.long)
+            for s in slices:
+                lin = unwrap_linear(spec.block.get_submodule(s.name))
+                rows = expand_units(index, s.width)
+                weight = lin.weight.data.index_select(s.axis, rows).clone()
+                bias = (
+                    lin.bias.data.index_select(0, rows).clone()
+                    if s.axis == ROWS and lin.bias is not None
+                    else None
+                )
+                out[f"{spec.prefix}.{s.name}"] = (weight, bias)
+    return out
 
 
 def extract_submodel(global_model: nn.Module, plan: PruningPlan) -> nn.Module:

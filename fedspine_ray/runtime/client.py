@@ -24,7 +24,7 @@ from fedspine_ray.adapters import (
     module_state,
 )
 from fedspine_ray.data.tokens import TokenizedSplit
-from fedspine_ray.pruning import apply_plan, merge_lora_delta
+from fedspine_ray.pruning import extend_and_select, merge_lora_delta
 from fedspine_ray.runtime.transfer import collect_static, restore_static
 from fedspine_ray.strategies.base import Derivation
 
@@ -95,7 +95,7 @@ class FederatedClient:
         elif derivation is not None and self._base is not None:
             for merge in derivation.merges:
                 merge_lora_delta(self._base, merge)
-            apply_plan(self._base, derivation.plan)
+            extend_and_select(self._base, derivation.plan, derivation.new_units)
             self._base_key = task.base_key
         if self._base is None or self._base_key != task.base_key:
             raise RuntimeError(

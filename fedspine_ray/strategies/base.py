@@ -38,19 +38,20 @@ class Derivation:
     """How a device turns the sub-model it holds into the one it is assigned, without downloading it.
 
     Apply ``merges`` (adapters merged into the global base since the held version, already sliced to the
-    held sub-model's coordinates) in order, then prune with ``plan`` (relative to the held sub-model).
-    Only these low-rank factors and index lists cross the network.
+    held sub-model's coordinates) in order, append ``new_units`` (weights of the units the device lacks,
+    per prunable Linear) and keep ``plan``'s units (indices into held + appended units). Only these
+    low-rank factors, the missing units and index lists cross the network.
     """
 
     merges: list[Factors]
     plan: PruningPlan
+    new_units: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
 
     @property
     def nbytes(self) -> int:
-        indices = sum(len(v) for v in self.plan.attention.values()) + sum(
-            len(v) for v in self.plan.mlp.values()
-        )
-        return tensor_bytes(self.merges) + 4 * indices
+        indices = sum(len(v) for v in self.plan.attention.values())
+        indices += sum(len(v) for v in self.plan.mlp.values())
+        return tensor_bytes(self.merges) + tensor_bytes(self.new_units) + 4 * indices
 
 
 @dataclass

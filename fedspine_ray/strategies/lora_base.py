@@ -37,6 +37,7 @@ from fedspine_ray.pruning import (
     ratio_for_sparsity,
     relative_plan,
     sparsity_schedule,
+    unit_slices,
 )
 from fedspine_ray.strategies.base import (
     ClientAssignment,
@@ -173,19 +174,33 @@ class LoRAStrategy(Strategy):
         return self._round_plans[ratio]
 
     def derivation(self, held_key: object, target_key: tuple[int, float]) -> Derivation | None:
-        """Merges + relative plan turning a held sub-model into ``target_key``'s, if its units suffice."""
+        """How a device holding ``held_key``'s sub-model builds ``target_key``'s without a full download.
+
+        Units it holds get the merges logged since its version; units it lacks are sent whole (current
+        global weights). Returns ``None`` when the held sub-model is unknown (never issued by this run).
+        """
         held, target = self._issued.get(held_key), self._issued.get(target_key)  # type: ignore[arg-type]
         if held is None or target is None:
-            return None
-        plan = relative_plan(held, target)
-        if plan is None:
             return None
         index_map = linear_index_map(self.ctx.global_model, held, validate=False)
         held_version, target_version = held_key[0], target_key[0]  # type: ignore[index]
         merges = [
             lora_to_sub(self.merge_log[v], index_map) for v in range(held_version + 1, target_version + 1)
         ]
-        return Derivation(merges=merges, plan=plan)
+        plan = relative_plan(held, target)
+        if plan is not None:
+            return Derivation(merges=merges, plan=plan)
+        plan = PruningPlan()
+        missing: dict[int, dict[str, list[int]]] = {}  # in current global coordinates
+        for layer in target.layers:
+            for kind in ("attention", "mlp"):
+                held_units = getattr(held, kind)[layer]
+                lacking = [u for u in getattr(target, kind)[layer] if u not in set(held_units)]
+                order = {u: j for j, u in enumerate(held_units + lacking)}
+                getattr(plan, kind)[layer] = [order[u] for u in getattr(target, kind)[layer]]
+                in_global = {u: j for j, u in enumerate(getattr(self.global_units, kind)[layer])}
+                missing.setdefault(layer, {})[kind] = [in_global[u] for u in lacking]
+        return Derivation(merges=merges, plan=plan, new_units=unit_slices(self.ctx.global_model, missing))
 
     def merge_and_prune(self, plan_fn: Callable[[], PruningPlan]) -> None:
         """Merge the global adapter into the base, prune the global model with ``plan_fn()``'s plan, and
