@@ -2,9 +2,11 @@
 
 Each round a per-device bandit picks (pruning ratio, LoRA rank); the device trains LoRA on the global
 model pruned further by that ratio. Adapters from differently pruned sub-models are aggregated in global
-coordinates (coverage-aware, see ``fedspine_ray.aggregation``). On the pruning schedule the server merges
-the adapters into the base weights — so nothing learned is lost — scores units (Taylor or magnitude) and
-prunes the global model toward ``pruning.target_sparsity``. The bandit is rewarded with training progress
+coordinates: each sub-model's delta ``B @ A`` is zero outside its units, deltas are averaged and
+re-factorised by SVD (``method.aggregation`` selects another rule, e.g. the coverage-aware
+``fedspine``). On the pruning schedule the server merges the adapters into the base weights — so
+nothing learned is lost — scores units (Taylor or magnitude) and prunes the global model toward
+``pruning.target_sparsity``. The bandit is rewarded with training progress
 and timeliness against the other clients' median completion time (docs/bandit.md).
 """
 
@@ -24,7 +26,10 @@ FAILED_STATUSES = ("oom", "rejected", "actor_died")
 
 class FedSpine(LoRAStrategy):
     name = "fedspine"
-    default_aggregation = "fedspine"
+    #: Sample-weighted average of full deltas B@A in global coordinates, re-factorised by SVD. Measured on
+    #: the shipped config it beat the coverage-aware factor average ("fedspine" aggregator, still
+    #: selectable), whose mismatched B/A cross-terms made the global model unstable (see the issue notes).
+    default_aggregation = "flexlora"
     prunes_globally = True
 
     def setup(self, ctx: ServerContext) -> None:
