@@ -295,6 +295,7 @@ class FederatedServer:
         bases: dict[Hashable, nn.Module],
     ) -> None:
         deadline = time.monotonic() + self.config.runtime.round_timeout_s
+        expected_shapes: dict[Hashable, dict[str, tuple[int, int]]] = {}  # per sub-model, not per client
         remaining = list(pending)
         while remaining:
             done, remaining = ray.wait(
@@ -322,7 +323,11 @@ class FederatedServer:
                 self.client_base.pop(cid, None)
                 continue
             assignment = outcome.assignment
-            expected = linear_shapes(bases[assignment.base_key], self.ctx.lora_targets)
+            if assignment.base_key not in expected_shapes:
+                expected_shapes[assignment.base_key] = linear_shapes(
+                    bases[assignment.base_key], self.ctx.lora_targets
+                )
+            expected = expected_shapes[assignment.base_key]
             try:
                 validate_update(
                     result.factors, expected, client=cid, max_rank=assignment.rank, allow_missing=False
