@@ -1,51 +1,306 @@
-"""Report over run directories: prints the tables and saves them (Markdown) and the plots.
+"""Report over run directories: seed-aggregated comparison tables, plots, and a machine-readable summary.
 
-python -m analysis.report runs/fedit runs/fedspine --target 0.6 --baseline fedit --out reports/cmp
-python -m analysis.report "sweeps/fedspine_vs_baselines/runs/*" --target 0.6
+python -m analysis.report "sweeps/paper_comparison/runs/*" --baseline fedit --baseline hetlora \
+    --out benchmarks/results/paper_comparison
+python -m analysis.report runs/fedit runs/fedspine --target 0.6 --target 0.62 --out reports/cmp
+
+Runs are grouped by variant (sweep variant name, else the method) and repeated over seeds; every number
+is a mean with its Student-t interval over seeds. With --out, the directory gets report.md, summary.json
+and summary.parquet (one row per run: variant x seed) and the PNG plots.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
-from analysis import tables
+from analysis import comparison, tables
+from analysis.stats import Interval
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_PARQUET = "summary.parquet"
+REPORT_FILE = "report.md"
+#: Focus of the comparison: the variant whose speed-ups and accuracy the notes single out.
+DEFAULT_FOCUS = "fedspine"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (or glob patterns) holding rounds.parquet")
-    parser.add_argument("--target", type=float, default=0.6, help="test accuracy for time-to-accuracy")
     parser.add_argument(
-        "--baseline", default=None, help="method the speedup is measured against (default: fedit if present)"
+        "--target",
+        type=float,
+        action="append",
+        default=None,
+        help="test accuracy for time-to-accuracy (repeatable); default: 0.9, 0.95 and 1.0 x the lowest best "
+        "accuracy of any run, so every run reaches every target",
     )
     parser.add_argument(
-        "--out", default=None, help="directory for report.md and PNG plots (default: print only)"
+        "--baseline",
+        action="append",
+        default=None,
+        help="variant speed-ups are measured against (repeatable; default: fedit if present)",
     )
+    parser.add_argument("--focus", default=DEFAULT_FOCUS, help="variant the notes compare with the others")
+    parser.add_argument(
+        "--confidence", type=float, default=0.95, help="interval level (Student t over seeds)"
+    )
+    parser.add_argument(
+        "--keep-short-runs",
+        action="store_true",
+        help="keep runs with fewer rounds than the longest (default: leave them out as failed or unfinished)",
+    )
+    parser.add_argument("--out", default=None, help="directory for report.md, summary.json/.parquet and PNGs")
     return parser
 
 
-def build_sections(
-    rounds: pd.DataFrame, clients: pd.DataFrame, target: float, baseline: str | None
-) -> dict[str, pd.DataFrame]:
-    """The report's tables by title; speedup only when the baseline method is among the runs."""
-    sections = {
-        "Final metrics": tables.final_metrics(rounds),
-        f"Time to accuracy {target:g} (simulated s)": tables.time_to_accuracy(rounds, target),
-    }
-    methods = set(rounds["method"]) if "method" in rounds else set()
-    baseline = baseline or ("fedit" if "fedit" in methods else None)
-    if baseline is not None and baseline in methods:
-        sections[f"Speedup vs {baseline} at accuracy {target:g}"] = tables.speedup_vs(
-            rounds, baseline, target
+@dataclass
+class Report:
+    """Everything the report shows: targets, per-run summary, titled tables and plain-text findings."""
+
+    targets: list[float]
+    baselines: list[str]
+    summary: pd.DataFrame
+    sections: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    breakdown: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+def drop_short_runs(
+    rounds: pd.DataFrame, clients: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """Leave out runs that stopped before the longest one's last round (a failed or unfinished trial).
+
+    Why: a trial killed after round 0 would otherwise enter the comparison with its untrained accuracy,
+    drag the default targets down and count as a seed. Returns the kept tables and the left-out run names.
+    """
+    last = rounds.groupby("run")["round"].max()
+    short = sorted(last[last < last.max()].index)
+    if not short:
+        return rounds, clients, []
+    keep = ~rounds["run"].isin(short)
+    kept_clients = clients[~clients["run"].isin(short)] if "run" in clients else clients
+    return rounds[keep], kept_clients, short
+
+
+def build_report(
+    rounds: pd.DataFrame,
+    clients: pd.DataFrame,
+    targets: Sequence[float] | None = None,
+    baselines: Sequence[str] | None = None,
+    focus: str = DEFAULT_FOCUS,
+    confidence: float = 0.95,
+) -> Report:
+    """Compute every table of the report from loaded runs (:func:`analysis.tables.load_runs`)."""
+    probe = comparison.run_summary(rounds, clients, [])
+    chosen = sorted(targets) if targets else comparison.default_targets(probe)
+    summary = comparison.run_summary(rounds, clients, chosen)
+    variants = set(summary["variant"])
+    baselines = list(baselines or (["fedit"] if "fedit" in variants else []))
+    missing = [b for b in baselines if b not in variants]
+    if missing:
+        raise ValueError(f"--baseline {missing[0]!r} is not among the variants {sorted(variants)}")
+    order = [*baselines, focus]
+    level = f"{confidence:.0%}"
+    report = Report(chosen, baselines, summary)
+    runs_cols = ["run", "variant", "seed", "rounds", "final_accuracy", "best_accuracy", "final_sparsity"]
+    runs_cols += ["sim_time_s", "bytes_total", *(comparison.target_column(t) for t in chosen)]
+    report.sections["Runs"] = summary[runs_cols]
+    tta = comparison.time_to_target_table(summary, chosen, confidence, order)
+    report.sections[f"Time to accuracy (simulated s): mean [{level} CI] (seeds reached/run)"] = _tta_view(tta)
+    for baseline in baselines:
+        speed = comparison.speedup_table(summary, baseline, chosen, confidence, order)
+        report.sections[f"Speed-up vs {baseline}: geometric mean over seeds [{level} CI], paired by seed"] = (
+            _speed_view(speed)
         )
-    if not clients.empty:
-        sections["Arm usage per device class"] = tables.arm_usage(clients, by=("run", "device_class"))
-    return sections
+        report.notes.extend(_speed_notes(speed, focus))
+    acc = comparison.accuracy_table(summary, confidence, order)
+    report.sections[f"Accuracy at equal sparsity: mean [{level} CI] over seeds"] = _accuracy_view(acc)
+    report.notes.extend(_accuracy_notes(acc, focus))
+    report.breakdown = comparison.breakdown_by_variant(clients, summary, order)
+    if not report.breakdown.empty:
+        report.sections["Per-round time breakdown (simulated s per round, mean over rounds and seeds)"] = (
+            report.breakdown
+        )
+        report.notes.extend(_breakdown_notes(report.breakdown))
+    report.sections["Seed spread"] = comparison.seed_spread(summary, chosen, order)
+    report.notes.append(_spread_note(summary))
+    report.notes.extend(_host_failure_notes(clients))
+    if not clients.empty and "variant" in clients:
+        report.sections["Arm usage per device class"] = tables.arm_usage(
+            clients, by=("variant", "device_class")
+        )
+    return report
+
+
+def _fmt(mean: float, low: float, high: float, digits: int = 3) -> str:
+    if math.isnan(mean):
+        return "n/a"
+    if math.isnan(low):
+        return f"{mean:.{digits}g}"
+    return f"{mean:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
+
+
+def _tta_view(tta: pd.DataFrame) -> pd.DataFrame:
+    rows: dict[str, dict[str, str]] = {}
+    for r in tta.itertuples(index=False):
+        cell = f"{_fmt(r.time_s_mean, r.time_s_ci_low, r.time_s_ci_high)} ({r.reached}/{r.seeds})"
+        rows.setdefault(r.variant, {"variant": r.variant})[f"to {r.target:.4g}"] = cell
+    return pd.DataFrame(list(rows.values()))
+
+
+def _speed_view(speed: pd.DataFrame) -> pd.DataFrame:
+    rows: dict[str, dict[str, str]] = {}
+    for r in speed.itertuples(index=False):
+        cell = f"{_fmt(r.speedup, r.ci_low, r.ci_high)}x {r.verdict} ({r.pairs} pairs)"
+        rows.setdefault(r.variant, {"variant": r.variant})[f"to {r.target:.4g}"] = cell
+    return pd.DataFrame(list(rows.values()))
+
+
+def _accuracy_view(acc: pd.DataFrame) -> pd.DataFrame:
+    view = pd.DataFrame({"variant": acc["variant"], "seeds": acc["seeds"]})
+    for column, label in (
+        ("final_sparsity", "final sparsity"),
+        ("final_accuracy", "final accuracy"),
+        ("best_accuracy", "best accuracy"),
+        ("sim_time_s", "total simulated s"),
+    ):
+        view[label] = [
+            _fmt(m, lo, hi)
+            for m, lo, hi in zip(
+                acc[f"{column}_mean"], acc[f"{column}_ci_low"], acc[f"{column}_ci_high"], strict=True
+            )
+        ]
+    view["MB moved"] = [f"{v / 1e6:.4g}" for v in acc["bytes_total_mean"]]
+    return view
+
+
+def _speed_notes(speed: pd.DataFrame, focus: str) -> list[str]:
+    mine = speed[speed["variant"] == focus]
+    return [
+        f"{focus} vs {r.baseline} to accuracy {r.target:.4g}: "
+        + (
+            f"{_fmt(r.speedup, r.ci_low, r.ci_high)}x over {r.pairs} seed pairs: {r.verdict}."
+            if r.pairs
+            else "not measurable (no seed where both reached it after round 0)."
+        )
+        for r in mine.itertuples(index=False)
+    ]
+
+
+def _accuracy_notes(acc: pd.DataFrame, focus: str) -> list[str]:
+    """Where the focus variant's final-accuracy interval lies against each variant at about its sparsity."""
+    if focus not in set(acc["variant"]):
+        return []
+    rows = acc.set_index("variant")
+
+    def interval(variant: str) -> Interval:
+        r = rows.loc[variant]
+        return Interval(
+            r["final_accuracy_mean"],
+            r["final_accuracy_ci_low"],
+            r["final_accuracy_ci_high"],
+            int(r["seeds"]),
+            r["final_accuracy_std"],
+        )
+
+    mine, sparsity = interval(focus), rows.loc[focus, "final_sparsity_mean"]
+    notes = []
+    for variant in rows.index:
+        if variant == focus:
+            continue
+        other = interval(variant)
+        other_sparsity = rows.loc[variant, "final_sparsity_mean"]
+        equal = abs(other_sparsity - sparsity) <= 0.02
+        if mine.overlaps(other):
+            relation = "intervals overlap (not resolved)"
+        else:
+            relation = "higher, intervals apart" if mine.mean > other.mean else "lower, intervals apart"
+        where = (
+            "at equal sparsity" if equal else f"not equal sparsity: {other_sparsity:.3g} vs {sparsity:.3g}"
+        )
+        notes.append(
+            f"final accuracy {focus} {mine.mean:.3f} vs {variant} {other.mean:.3f} ({where}): {relation}."
+        )
+    return notes
+
+
+def _breakdown_notes(breakdown: pd.DataFrame) -> list[str]:
+    return [
+        f"{r['variant']}: mean round {r['round_s']:.3g} s, dominated by {r['dominant']} "
+        f"(download {r['sim_download_s']:.3g}, compute {r['sim_compute_s']:.3g}, upload {r['sim_upload_s']:.3g}, "
+        f"waiting {r['sim_idle_s']:.3g} s per device)."
+        for r in breakdown.to_dict("records")
+    ]
+
+
+def _spread_note(summary: pd.DataFrame) -> str:
+    spread = summary.groupby("variant")["final_accuracy"].agg(lambda s: s.max() - s.min())
+    seeds = summary.groupby("variant")["seed"].nunique()
+    widest = spread.idxmax()
+    return (
+        f"Seeds per variant: {seeds.min()}-{seeds.max()}. Final accuracy differs between seeds of one variant "
+        f"by up to {spread.max():.3f} ({widest}); the median spread is {spread.median():.3f}."
+    )
+
+
+#: Client statuses caused by the host running the simulation, not by the simulated devices (oom, straggler).
+HOST_FAILURES = ("actor_died", "rejected")
+
+
+def _host_failure_notes(clients: pd.DataFrame) -> list[str]:
+    """Warn where client actors died or sent invalid updates: those rounds had fewer devices than planned,
+    which shortens them (less to wait for) and changes what was aggregated."""
+    if clients.empty or "status" not in clients:
+        return []
+    failed = clients[clients["status"].isin(HOST_FAILURES)]
+    return [
+        f"WARNING {variant}: {len(frame)} client-round(s) ended as {'/'.join(sorted(set(frame['status'])))} in "
+        f"run(s) {', '.join(sorted(set(frame['run'])))}; those rounds had fewer devices than planned (host-side "
+        "failure, not simulated): rerun before comparing."
+        for variant, frame in failed.groupby("variant", sort=True)
+    ]
+
+
+def write_outputs(report: Report, rounds: pd.DataFrame, clients: pd.DataFrame, out: Path) -> list[Path]:
+    """report.md, summary.json, summary.parquet and the plots, all in ``out``."""
+    from analysis import plots  # matplotlib only when plots are wanted
+
+    out.mkdir(parents=True, exist_ok=True)
+    pngs = plots.save_comparison(rounds, clients, report.breakdown, out, report.targets)
+    pngs.append(plots.plot_accuracy_vs_time(rounds, out / "accuracy_vs_sim_time.png"))
+    report.summary.to_parquet(out / SUMMARY_PARQUET, index=False)
+    payload = {
+        "targets": report.targets,
+        "baselines": report.baselines,
+        "time_column": "sim_time_s",
+        "columns": {comparison.target_column(t): t for t in report.targets},
+        "rows": json.loads(report.summary.to_json(orient="records")),
+    }
+    (out / SUMMARY_JSON).write_text(json.dumps(payload, indent=2) + "\n")
+    (out / REPORT_FILE).write_text(render_markdown(report, [p.name for p in pngs]))
+    return pngs
+
+
+def render_markdown(report: Report, images: Sequence[str]) -> str:
+    lines = ["# fedspine-ray comparison report", ""]
+    lines.append(
+        f"Targets (test accuracy): {', '.join(f'{t:.4g}' for t in report.targets)}. Times are simulated "
+        f"seconds. Machine-readable: `{SUMMARY_JSON}` / `{SUMMARY_PARQUET}` (one row per run)."
+    )
+    if report.notes:
+        lines += ["", "## Findings", "", *(f"- {note}" for note in report.notes)]
+    for title, frame in report.sections.items():
+        lines += ["", f"## {title}", "", tables.to_markdown(frame)]
+    lines += ["", "## Plots", "", *(f"![{Path(name).stem}]({name})" for name in images)]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,22 +310,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"analysis.report: {exc}", file=sys.stderr)
         return 2
-    sections = build_sections(rounds, clients, args.target, args.baseline)
-    markdown = []
-    for title, frame in sections.items():
-        print(f"\n== {title} ==\n{frame.to_string(index=False)}")
-        markdown.append(f"## {title}\n\n{tables.to_markdown(frame)}\n")
-    if args.out:
-        from analysis import plots  # matplotlib only when plots are wanted
-
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        pngs = plots.save_all(rounds, clients, out, target=args.target)
-        images = "\n".join(f"![{p.stem}]({p.name})" for p in pngs)
-        (out / "report.md").write_text(
-            "# fedspine-ray report\n\n" + "\n".join(markdown) + "\n" + images + "\n"
+    short: list[str] = []
+    if not args.keep_short_runs:
+        rounds, clients, short = drop_short_runs(rounds, clients)
+    try:
+        report = build_report(rounds, clients, args.target, args.baseline, args.focus, args.confidence)
+    except ValueError as exc:
+        print(f"analysis.report: {exc}", file=sys.stderr)
+        return 2
+    if short:
+        report.notes.insert(
+            0, f"Left out {len(short)} run(s) that stopped before the last round: {', '.join(short)}."
         )
-        print(f"\nreport: {out / 'report.md'} ({len(pngs)} plots)")
+    print("targets: " + ", ".join(f"{t:.4g}" for t in report.targets))
+    for note in report.notes:
+        print(f"- {note}")
+    for title, frame in report.sections.items():
+        print(f"\n== {title} ==\n{frame.to_string(index=False)}")
+    if args.out:
+        out = Path(args.out)
+        pngs = write_outputs(report, rounds, clients, out)
+        print(f"\nreport: {out / REPORT_FILE} ({len(pngs)} plots, {SUMMARY_JSON}, {SUMMARY_PARQUET})")
     return 0
 
 

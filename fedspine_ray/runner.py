@@ -19,6 +19,7 @@ import ray
 from tqdm.auto import tqdm
 
 from fedspine_ray.config import ExperimentConfig
+from fedspine_ray.preflight import check_inputs
 from fedspine_ray.results import ResultsWriter
 
 log = logging.getLogger("fedspine_ray")
@@ -30,6 +31,9 @@ WORKER_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "MALLOC_ARENA_MAX": "2",
+    # One line per actor otherwise: transformers' LOAD REPORT / warnings and DeepSpeed's accelerator guess.
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
 }
 
 
@@ -66,19 +70,32 @@ def run_experiment(
     progress: bool = True,
     quiet: bool = False,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    resume: bool = False,
 ) -> RunResult:
     """Run one federated experiment end to end and return its result tables.
 
     ``address`` overrides ``runtime.address`` (``"auto"`` joins a running cluster). ``on_round`` receives
-    each per-round row (Ray Tune reports through it).
+    each per-round row (Ray Tune reports through it). ``resume`` continues the run in the output directory
+    from its ``checkpoint.pt`` (``runtime.checkpoint_every``): rounds up to the checkpoint keep their rows,
+    the rest run again exactly as the uninterrupted run would have run them.
     """
+    from fedspine_ray.checkpoint import checkpoint_bytes, save_checkpoint
     from fedspine_ray.runtime.server import FederatedServer
 
     address = address if address is not None else config.runtime.address
-    started = ensure_ray(address, config, quiet)
     output_dir = config.resolved_output_dir()
-    writer = ResultsWriter(output_dir, config)
-    server = ray.remote(FederatedServer).options(num_cpus=0, max_restarts=0).remote(config.to_dict())
+    checkpoint = checkpoint_bytes(output_dir) if resume else None  # fails before Ray starts without one
+    check_inputs(config)  # missing files / unknown sources fail here, before a Ray start
+    started = ensure_ray(address, config, quiet)
+    every = config.runtime.checkpoint_every
+    # A resumed run's writer starts once the checkpoint's round is known (it keeps the rows up to it).
+    writer = None if resume else ResultsWriter(output_dir, config)
+    server_options = {
+        "num_cpus": 0,
+        "num_gpus": config.server.num_gpus,
+        "max_restarts": 0,
+    }  # GPUs: ZeRO server
+    server = ray.remote(FederatedServer).options(**server_options).remote(config.to_dict())
     wall_start = time.perf_counter()
     try:
         info = ray.get(server.setup.remote())
@@ -91,13 +108,26 @@ def run_experiment(
             info["model_dir"],
             info["total_params"] / 1e6,
         )
+        first_round = 0
+        if checkpoint is not None:
+            first_round = ray.get(server.restore_state.remote(checkpoint)) + 1
+            checkpoint = None  # the server has it; do not keep a second copy here
+            log.info("resumed %s after round %d (checkpoint in %s)", config.name, first_round - 1, output_dir)
+            writer = ResultsWriter(output_dir, config, resume_after=first_round - 1)
+        assert writer is not None
         bar = tqdm(
-            total=config.training.rounds, desc=config.name, unit="round", disable=not progress or quiet
+            total=config.training.rounds,
+            initial=max(0, first_round - 1),
+            desc=config.name,
+            unit="round",
+            disable=not progress or quiet,
         )
         with bar:
-            for rnd in range(config.training.rounds + 1):
+            for rnd in range(first_round, config.training.rounds + 1):
                 report = ray.get(server.run_round.remote(rnd))
                 writer.add_round(report.round_row, report.client_rows)
+                if every and rnd > 0 and rnd % every == 0:  # after the rows, so a resume never lacks them
+                    save_checkpoint(output_dir, ray.get(server.checkpoint_state.remote(rnd)))
                 _show(report.round_row, bar, config.training.rounds, progress and not quiet)
                 if on_round is not None:
                     on_round(report.round_row)

@@ -49,6 +49,11 @@ log = logging.getLogger("fedspine_ray.sweep")
 
 TRIALS_FILE = "trials.parquet"
 RUNS_SUBDIR = "runs"
+#: Written into each trial's run directory: trial id, variant and parameters, so ``analysis/`` can group
+#: runs by variant (e.g. ``fedit`` vs ``fedit_pruned``, which share ``method.name``) without trials.parquet.
+TRIAL_FILE = "trial.json"
+#: Tune parameter naming the trial's entry of ``variants`` (also a column of trials.parquet).
+VARIANT_KEY = "variant"
 EXIT_CONFIG_ERROR = 2
 #: Search-space kinds: ``grid`` tries every value, ``choice`` samples one per trial, the ranges sample.
 DOMAIN_KINDS = ("grid", "choice", "uniform", "loguniform")
@@ -74,6 +79,7 @@ _SPEC_FIELDS = (
     "base",
     "overrides",
     "search_space",
+    "variants",
     "num_samples",
     "metric",
     "mode",
@@ -124,6 +130,9 @@ class SweepSpec:
     trial_cpus: float = 0.01
     source: str = "<inline>"
     param_keys: tuple[str, ...] = field(default=())
+    #: Named sets of dotted overrides, each crossed with ``search_space`` (e.g. a method with and without
+    #: ``method.prune_global``), which a grid over independent keys cannot express.
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def sweep_dir(self) -> Path:
@@ -136,8 +145,13 @@ class SweepSpec:
     def trial_config(
         self, params: Mapping[str, Any], output_dir: str | Path | None = None
     ) -> ExperimentConfig:
-        """The experiment one trial runs: the base with the trial's dotted overrides applied."""
+        """The experiment one trial runs: the base with the trial's variant, then its dotted overrides."""
         overrides = dict(params)
+        variant = overrides.pop(VARIANT_KEY, None)
+        if variant is not None:
+            if variant not in self.variants:
+                raise ConfigError(f"sweep.variants: no variant {variant!r}; known: {sorted(self.variants)}")
+            overrides = {**self.variants[variant], **overrides}
         if output_dir is not None:
             overrides["output_dir"] = str(output_dir)
         return self.base_config().with_overrides(overrides)
@@ -170,7 +184,8 @@ def sweep_from_dict(
         base_config = base.with_overrides(fixed) if fixed else base
     except ConfigError as exc:
         raise ConfigError(f"sweep.overrides.{exc}") from None
-    space = _parse_space(raw.get("search_space"))
+    variants = _parse_variants(raw.get("variants"))
+    space = _parse_space(raw.get("search_space"), required=not variants)
     spec = SweepSpec(
         name=_name(raw.get("name", "sweep")),
         base=_absolute_paths(base_config.to_dict()),
@@ -184,7 +199,8 @@ def sweep_from_dict(
         storage_path=_string(raw.get("storage_path", "sweeps"), "sweep.storage_path"),
         trial_cpus=_trial_cpus(raw.get("trial_cpus", 0.01)),
         source=source,
-        param_keys=tuple(space),
+        param_keys=((VARIANT_KEY,) if variants else ()) + tuple(space),
+        variants=variants,
     )
     _validate_trials(spec)
     return spec
@@ -225,8 +241,29 @@ def _resolve_base_path(ref: str, base_dir: Path) -> Path:
     raise ConfigError(f"sweep.base_config: file {ref!r} not found (tried {tried})")
 
 
-def _parse_space(raw: Any) -> dict[str, SearchDomain]:
+def _parse_variants(raw: Any) -> dict[str, dict[str, Any]]:
+    """``variants: {name: {dotted.key: value, ...}}``; names become the ``variant`` column and run labels."""
+    if raw is None:
+        return {}
     if not isinstance(raw, Mapping) or not raw:
+        raise ConfigError(
+            "sweep.variants: expected a non-empty mapping of names to dotted overrides, "
+            "e.g. {fedit_pruned: {method.name: fedit, method.prune_global: true}}"
+        )
+    variants = {}
+    for name, overrides in raw.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ConfigError(
+                f"sweep.variants: a variant name must be a plain non-empty string, got {name!r}"
+            )
+        variants[name] = _mapping(overrides or {}, f"sweep.variants.{name}")
+    return variants
+
+
+def _parse_space(raw: Any, required: bool = True) -> dict[str, SearchDomain]:
+    if raw is None and not required:
+        return {}
+    if not isinstance(raw, Mapping) or (not raw and required):
         raise ConfigError(
             "sweep.search_space: required, a non-empty mapping of dotted config keys to value lists, "
             "e.g. {method.name: [fedit, hetlora]}"
@@ -257,8 +294,22 @@ def _parse_domain(key: str, value: Any) -> SearchDomain:
 
 
 def _validate_trials(spec: SweepSpec) -> None:
-    """Apply every value of every key to the base (and the whole grid when it is small) before Ray starts."""
-    base = spec.base_config()
+    """Apply every value of every key to the base (and the whole grid when it is small) before Ray starts.
+
+    With ``variants``, each variant is checked alone and then as the base of every check below.
+    """
+    if not spec.variants:
+        _validate_space(spec, spec.base_config())
+        return
+    for name, overrides in spec.variants.items():
+        try:
+            base = spec.base_config().with_overrides(overrides)
+        except ConfigError as exc:
+            raise ConfigError(f"sweep.variants.{name}.{exc}") from None
+        _validate_space(spec, base)
+
+
+def _validate_space(spec: SweepSpec, base: ExperimentConfig) -> None:
     for key, domain in spec.search_space.items():
         for value in domain.values:
             _check_override(base, {key: value})
@@ -343,11 +394,18 @@ def run_trial(params: dict[str, Any], spec: SweepSpec) -> None:
     trial_id = tune.get_context().get_trial_id()
     output_dir = spec.sweep_dir / RUNS_SUBDIR / trial_id
     config = spec.trial_config(params, output_dir)
+    trial = {"trial_id": trial_id, VARIANT_KEY: params.get(VARIANT_KEY), "params": dict(params)}
+    atomic_write(output_dir / TRIAL_FILE, lambda tmp: tmp.write_text(json.dumps(trial, default=str)))
 
     def report(row: dict[str, Any]) -> None:
         tune.report({**_loggable(row), "output_dir": str(output_dir)})
 
-    run_experiment(config, progress=False, quiet=True, on_round=report)
+    # A trial cut off by a killed sweep (``fedspine sweep --resume``) continues from its run's checkpoint
+    # when its config writes them (runtime.checkpoint_every), instead of starting over.
+    from fedspine_ray.checkpoint import CHECKPOINT_FILE
+
+    resume = (output_dir / CHECKPOINT_FILE).is_file()
+    run_experiment(config, progress=False, quiet=True, on_round=report, resume=resume)
 
 
 def _loggable(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -357,11 +415,16 @@ def _loggable(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_sweep(spec: SweepSpec, address: str | None = None, quiet: bool = False) -> pd.DataFrame:
+def run_sweep(
+    spec: SweepSpec, address: str | None = None, quiet: bool = False, resume: bool = False
+) -> pd.DataFrame:
     """Run every trial of ``spec`` with Ray Tune and return the trials table (also saved as Parquet).
 
     ``address`` joins a running cluster (``"auto"``); otherwise an already-initialised Ray is used, or an
     embedded local Ray is started (with the device-class custom resources the trials need) and stopped.
+    ``resume`` continues an interrupted sweep from Tune's state in ``spec.sweep_dir`` (``Tuner.restore``):
+    finished trials are kept, not run again; unfinished and errored ones run (from their run's checkpoint
+    when it has one).
     """
     import ray
     from ray import tune
@@ -371,9 +434,17 @@ def run_sweep(spec: SweepSpec, address: str | None = None, quiet: bool = False) 
         trainable = tune.with_resources(
             tune.with_parameters(run_trial, spec=spec), lambda params: trial_placement(spec, params)
         )
-        tuner = tune.Tuner(
+        param_space = {key: domain.to_tune() for key, domain in spec.search_space.items()}
+        if spec.variants:
+            param_space[VARIANT_KEY] = tune.grid_search(list(spec.variants))
+        restored = (
+            tune.Tuner.restore(str(spec.sweep_dir), trainable=trainable, resume_errored=True)
+            if resume
+            else None
+        )
+        tuner = restored or tune.Tuner(
             trainable,
-            param_space={key: domain.to_tune() for key, domain in spec.search_space.items()},
+            param_space=param_space,
             tune_config=tune.TuneConfig(
                 num_samples=spec.num_samples, max_concurrent_trials=spec.max_concurrent_trials
             ),
@@ -435,6 +506,8 @@ def _ensure_ray(spec: SweepSpec, address: str | None, quiet: bool) -> bool:
             if key.startswith("devices.") and domain.kind in ("grid", "choice"):
                 for value in domain.values:
                     resources.update(local_custom_resources(base.with_overrides({key: value})))
+        for overrides in spec.variants.values():
+            resources.update(local_custom_resources(base.with_overrides(overrides)))
         if resources:  # ensure_ray declares the base config's classes only; give it the union
             base = base.with_overrides({"devices.mix": {name: 1.0 for name in _classes(resources, base)}})
     return ensure_ray(address, base, quiet)
@@ -508,7 +581,17 @@ def add_sweep_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         sweep,
         "fixed override of the base config for every trial, e.g. --set training.rounds=2 (repeatable)",
     )
+    sweep.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated subset of the sweep's variants to run, e.g. --variants fedit,fedspine",
+    )
     sweep.add_argument("--quiet", action="store_true", help="less Tune output")
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep (Tuner.restore): finished trials are not run again",
+    )
     return sweep
 
 
@@ -519,14 +602,41 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         spec = load_sweep(args.sweep_file, overrides)
         if args.storage_path:
             spec = _with_storage(spec, args.storage_path)
+        if args.variants:
+            spec = select_variants(spec, [v.strip() for v in args.variants.split(",") if v.strip()])
+        if getattr(args, "resume", False):
+            check_resumable(spec)
     except ConfigError as exc:
-        print(f"fedspine: config error: {exc}", file=sys.stderr)
+        print(f"fedspine: config error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_CONFIG_ERROR
-    table = run_sweep(spec, address=args.address, quiet=args.quiet)
+    table = run_sweep(spec, address=args.address, quiet=args.quiet, resume=getattr(args, "resume", False))
     shown = ["trial_id", *spec.param_keys, "status", "test_accuracy", f"best_{spec.metric}", "sim_time_s"]
     print(table[[c for c in shown if c in table]].to_string(index=False))
     print(f"trials table: {spec.sweep_dir / TRIALS_FILE}")
     return 1 if (table["status"] != "ok").any() else 0
+
+
+def check_resumable(spec: SweepSpec) -> None:
+    """``--resume`` needs Tune's state of an earlier start of this sweep; fail before Ray starts without it."""
+    from ray.tune import Tuner
+
+    if not Tuner.can_restore(str(spec.sweep_dir)):
+        raise ConfigError(
+            f"--resume: {spec.sweep_dir} holds no Tune experiment state to resume; fix: run the sweep without "
+            "--resume first, with the same name and storage_path (--storage-path)"
+        )
+
+
+def select_variants(spec: SweepSpec, names: Sequence[str]) -> SweepSpec:
+    """The sweep restricted to ``names`` of its variants (a quick subset of a large comparison)."""
+    import dataclasses
+
+    unknown = [n for n in names if n not in spec.variants]
+    if unknown or not names:
+        raise ConfigError(
+            f"--variants: unknown variant {unknown[0] if unknown else ''!r}; the sweep has {sorted(spec.variants)}"
+        )
+    return dataclasses.replace(spec, variants={n: spec.variants[n] for n in names})
 
 
 def _with_storage(spec: SweepSpec, storage_path: str) -> SweepSpec:
@@ -536,6 +646,8 @@ def _with_storage(spec: SweepSpec, storage_path: str) -> SweepSpec:
 
 
 __all__ = [
+    "TRIAL_FILE",
+    "VARIANT_KEY",
     "SearchDomain",
     "SweepSpec",
     "add_sweep_command",
@@ -543,6 +655,7 @@ __all__ = [
     "run_sweep",
     "run_sweep_command",
     "run_trial",
+    "select_variants",
     "sweep_from_dict",
     "trial_bundles",
     "trial_placement",

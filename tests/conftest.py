@@ -40,6 +40,18 @@ def tiny_text_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 DEVICE_CLASSES_USED_IN_TESTS = ("jetson_nano", "agx_orin", "xavier_nx", "slow_box", "fast_box")
 
 
+@pytest.fixture()
+def profiles_path(tmp_path: Path) -> Path:
+    """A user device-profile file with the two test classes of ``test_e2e_fedspine.PROFILES``."""
+    import yaml
+
+    from .test_e2e_fedspine import PROFILES
+
+    path = tmp_path / "profiles.yaml"
+    path.write_text(yaml.safe_dump(PROFILES))
+    return path
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One embedded local Ray for all Ray tests (starting Ray costs seconds on 2 cores)."""

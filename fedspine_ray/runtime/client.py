@@ -1,15 +1,18 @@
-"""The device side: one Ray actor per client, holding its private data and training LoRA locally.
+"""The device side: a client's private data, the model it holds, and local LoRA training.
 
-The class is plain Python (tests can run it in-process); the server turns it into an actor with
-``ray.remote(FederatedClient).options(num_cpus=..., memory=..., resources=...)`` per device.
+The class is plain Python (tests can run it in-process). The server runs it either as one Ray actor per
+client (``ray.remote(FederatedClient).options(num_cpus=..., memory=..., resources=...)``) or, pooled, as
+one of many virtual clients inside a pool worker of its device class (runtime/pool.py).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,8 +27,9 @@ from fedspine_ray.adapters import (
     module_state,
 )
 from fedspine_ray.data.tokens import TokenizedSplit
+from fedspine_ray.local_pruning import LocalPruner, LocalPruningResult, LocalPruningTask
 from fedspine_ray.pruning import extend_and_select, merge_lora_delta
-from fedspine_ray.runtime.transfer import collect_static, restore_static
+from fedspine_ray.runtime.transfer import collect_static, restore_static, restore_static_tensor
 from fedspine_ray.strategies.base import Derivation
 
 
@@ -48,6 +52,8 @@ class FitTask:
     head_modules: list[str]
     seed: int
     static_names: list[str] = field(default_factory=list)
+    #: device-side pruning during this fit (``pruning.where: client``), None for none
+    local_pruning: LocalPruningTask | None = None
 
 
 @dataclass
@@ -62,22 +68,124 @@ class FitResult:
     losses: list[float]
     tokens_processed: int
     wall_time_s: float
+    #: seconds inside the local training steps (forward/backward/optimizer); the rest of ``wall_time_s`` is
+    #: deriving the model, wrapping it in PEFT and extracting factors (benchmarks/bench_scale.py)
+    train_time_s: float = 0.0
+    #: CPU seconds this process spent in those steps: unlike ``train_time_s`` it does not grow when more
+    #: client processes than cores time-share the CPUs
+    train_cpu_s: float = 0.0
+    #: what device-side pruning removed and its unit scores (None when the task asked for none)
+    local_pruning: LocalPruningResult | None = None
+
+
+class DeviceState:
+    """What one process keeps for all the (virtual) clients it serves, so they share memory.
+
+    ``static``: one copy of the tensors no model version changes (runtime/transfer.py). ``whole``: every
+    base received whole that some client still holds, keyed by ``base_key`` with a holder count; clients
+    holding the same key share one module (training only attaches and strips LoRA on it, and every fit
+    loads its own head). A client about to derive a new base from a shared one first takes a private copy
+    (copy-on-write), so each client's model is exactly what it would be in a process of its own.
+    """
+
+    def __init__(self) -> None:
+        self.static: dict[str, torch.Tensor] | None = None
+        self.whole: dict[Hashable, nn.Module] = {}
+        self.holders: dict[Hashable, int] = {}
+
+    def adopt(self, key: Hashable, base: nn.Module) -> nn.Module:
+        """The module a client holding ``key`` uses: the shared one if present, else ``base`` (now shared)."""
+        if key in self.whole:
+            self.holders[key] += 1
+            return self.whole[key]
+        self._share_static(base)
+        self.whole[key], self.holders[key] = base, 1
+        return base
+
+    def release(self, key: Hashable) -> None:
+        self.holders[key] -= 1
+        if self.holders[key] == 0:
+            del self.whole[key], self.holders[key]
+
+    def take(self, key: Hashable) -> nn.Module:
+        """A private module for a client that stops sharing ``key`` (it is about to change it in place)."""
+        base = self.whole[key]
+        if self.holders[key] == 1:
+            del self.whole[key], self.holders[key]
+            return base
+        self.holders[key] -= 1
+        static = set(self.static or {})
+        memo: dict[int, object] = {
+            id(t): t for name, t in [*base.named_parameters(), *base.named_buffers()] if name in static
+        }
+        return copy.deepcopy(base, memo)  # the static tensors stay shared, everything else is copied
+
+    def _share_static(self, base: nn.Module) -> None:
+        """Point ``base``'s static tensors at the process-wide copy (they are equal by construction)."""
+        if not self.static:
+            return
+        state = base.state_dict()
+        for name, value in self.static.items():
+            if name in state and state[name] is not value and torch.equal(state[name], value):
+                restore_static_tensor(base, name, value)
 
 
 class FederatedClient:
     """A federated device: private data, a cached base model, and local LoRA training."""
 
-    def __init__(self, client_id: int, data: TokenizedSplit, num_threads: int) -> None:
+    def __init__(
+        self, client_id: int, data: TokenizedSplit, num_threads: int, shared: DeviceState | None = None
+    ) -> None:
         self.client_id = client_id
         self.data = data
-        torch.set_num_threads(max(1, num_threads))
+        self.num_threads = max(1, num_threads)
+        torch.set_num_threads(self.num_threads)
+        #: a pool worker passes one state to all its clients; a dedicated actor has its own
+        self.shared = shared if shared is not None else DeviceState()
         self._base: nn.Module | None = None
         self._base_key: Hashable | None = None
-        self._static: dict[str, torch.Tensor] | None = None  # tensors no model version ever changes
+        self._shared_key: Hashable | None = None  # set while ``_base`` is the shared copy of that key
+
+    @property
+    def _static(self) -> dict[str, torch.Tensor] | None:
+        """Tensors no model version ever changes; one copy per process (``DeviceState.static``)."""
+        return self.shared.static
+
+    @_static.setter
+    def _static(self, value: dict[str, torch.Tensor] | None) -> None:
+        if value is not None or self.shared.static is None:
+            self.shared.static = value
 
     def ready(self) -> dict[str, int]:
         """Called once after creation so the server can wait for (and time out on) actor start-up."""
         return {"client_id": self.client_id, "pid": os.getpid(), "num_samples": len(self.data)}
+
+    def export_state(self) -> dict[str, Any]:
+        """What this device holds between rounds (its sub-model, its key, its static tensors), for checkpoints.
+
+        A resumed run must give every device back the model it held, or the server would have to charge
+        full downloads the uninterrupted run never made (fedspine_ray/checkpoint.py).
+        """
+        return {
+            "base": self._base,
+            "base_key": self._base_key,
+            "static": self._static,
+            "shared": self._shared_key is not None,
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Take back what :meth:`export_state` returned (on a fresh actor of a resumed run).
+
+        A base that was shared within a pool worker is shared again (it was one module there); a
+        private (derived) one stays private, so every client's model is exactly what it was.
+        """
+        self._release_shared()
+        self._static = state["static"]
+        self._base, self._base_key = state["base"], state["base_key"]
+        if self._base is not None:
+            self._base.eval()
+            if state.get("shared"):
+                self._base, self._shared_key = self.shared.adopt(self._base_key, self._base), self._base_key
 
     def fit(self, task: FitTask, base: nn.Module | None, derivation: Derivation | None = None) -> FitResult:
         """Train LoRA (and the head) for ``task.local_steps`` steps on the local data.
@@ -86,13 +194,18 @@ class FederatedClient:
         when the held one is still current.
         """
         start = time.perf_counter()
+        torch.set_num_threads(self.num_threads)  # a pool worker serves clients of one class: same count
         if base is not None:
             if self._static is None:
                 self._static = collect_static(base, task.static_names)
             else:
                 restore_static(base, self._static)  # later downloads leave static tensors out
-            self._base, self._base_key = base, task.base_key
+            self._release_shared()
+            self._base, self._base_key = self.shared.adopt(task.base_key, base), task.base_key
+            self._shared_key = task.base_key
         elif derivation is not None and self._base is not None:
+            if self._shared_key is not None:  # copy-on-write: others in this process hold the same model
+                self._base, self._shared_key = self.shared.take(self._shared_key), None
             for merge in derivation.merges:
                 merge_lora_delta(self._base, merge)
             extend_and_select(self._base, derivation.plan, derivation.new_units)
@@ -115,14 +228,23 @@ class FederatedClient:
             targets=task.lora_targets,
             trainable_modules=task.head_modules,
         )
+        pruner = None
         try:
             load_factors(model, task.factors)
             load_module_state(model, task.head)
-            losses, tokens = self._train(model, task, rng)
+            train_start, cpu_start = time.perf_counter(), time.process_time()
+            pruner = LocalPruner(model, task.local_pruning, task.local_steps) if task.local_pruning else None
+            losses, tokens = self._train(model, task, rng, pruner)
+            train_time, train_cpu = time.perf_counter() - train_start, time.process_time() - cpu_start
             factors, head = extract_factors(model), module_state(model, task.head_modules)
+            local_result = pruner.finish(factors) if pruner is not None else None
         finally:
+            if pruner is not None:
+                pruner.remove_hooks()  # masks must never outlive the fit (the base is kept)
             self._base = model.unload()
             self._base.eval()
+            if self._shared_key is not None:  # unload returns the wrapped module; keep the share exact
+                self.shared.whole[self._shared_key] = self._base
         return FitResult(
             client_id=self.client_id,
             round=task.round,
@@ -132,22 +254,36 @@ class FederatedClient:
             losses=losses,
             tokens_processed=tokens,
             wall_time_s=time.perf_counter() - start,
+            train_time_s=train_time,
+            train_cpu_s=train_cpu,
+            local_pruning=local_result,
         )
 
-    def _train(self, model: nn.Module, task: FitTask, rng: np.random.Generator) -> tuple[list[float], int]:
+    def _release_shared(self) -> None:
+        if self._shared_key is not None:
+            self.shared.release(self._shared_key)
+            self._shared_key = None
+
+    def _train(
+        self, model: nn.Module, task: FitTask, rng: np.random.Generator, pruner: LocalPruner | None = None
+    ) -> tuple[list[float], int]:
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=task.lr, weight_decay=task.weight_decay)
         losses: list[float] = []
         tokens = 0
         size = len(self.data)
-        for _ in range(task.local_steps):
+        for step in range(task.local_steps):
             indices = rng.choice(size, size=task.batch_size, replace=size < task.batch_size)
             batch = self.data.batch(indices)
             loss = model(**batch).loss
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if pruner is not None:
+                pruner.after_backward()  # LoRA-gradient unit scores, from the gradients just computed
             optimizer.step()
+            if pruner is not None:
+                pruner.end_of_step(step + 1)  # every few steps: remove the least important units
             losses.append(float(loss.detach()))
             tokens += int(batch["input_ids"].numel())
         return losses, tokens

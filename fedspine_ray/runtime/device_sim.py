@@ -160,6 +160,19 @@ def lora_trainable_params(
     return count
 
 
+def lm_logits_bytes(model: nn.Module, batch_size: int, seq_len: int) -> int:
+    """Training memory of a causal LM's vocabulary logits, absent from the per-layer activation model.
+
+    ``[batch, seq, vocab]`` fp32 logits, their log-softmax and its gradient live at the same time during
+    the loss's backward: for SmolLM2 (49k vocabulary) at batch 8 x seq 64 that is ~300 MB, as much as
+    the 30 transformer blocks' activations. A classifier's logits are negligible (0 here).
+    """
+    head = getattr(model, "lm_head", None)
+    if not isinstance(head, nn.Linear):
+        return 0
+    return 3 * batch_size * seq_len * head.out_features * 4
+
+
 class DeviceTimer:
     """Per-client costs before a round and the round's duration after it, on the configured clock."""
 
@@ -196,6 +209,7 @@ class DeviceTimer:
             num_layers=int(shape["num_layers"]),
             intermediate_size=int(shape["intermediate_size"]),
             num_heads=max(1, round(shape["num_heads"])),
+            overhead_bytes=lm_logits_bytes(base, training.batch_size, seq_len),
         )
         return ClientCost(
             flops, required, int(conditions.memory_bytes), trainable, params + trainable, conditions
@@ -210,6 +224,10 @@ class DeviceTimer:
             conditions: DeviceConditions | None = outcome.extras.get("conditions")
             if self.config.runtime.clock == "wall" or conditions is None:
                 outcome.sim_time_s = outcome.wall_time_s
+                # Measured local training only: transfers go through Ray's object store and are not timed.
+                outcome.extras.update(
+                    sim_compute_s=outcome.wall_time_s, sim_download_s=math.nan, sim_upload_s=math.nan
+                )
             else:
                 train_flops = estimate_training_flops(
                     outcome.extras["flops_per_token"], int(outcome.extras.get("tokens_processed", 0))
@@ -220,6 +238,8 @@ class DeviceTimer:
                 outcome.sim_time_s = timing.total_s
                 outcome.extras["sim_compute_s"] = timing.compute_s
                 outcome.extras["sim_transfer_s"] = timing.download_s + timing.upload_s
+                outcome.extras["sim_download_s"] = timing.download_s
+                outcome.extras["sim_upload_s"] = timing.upload_s
             times[outcome.client_id] = outcome.sim_time_s
         devices = self.config.devices
         result = round_end_time(
@@ -232,4 +252,5 @@ class DeviceTimer:
                     outcome.status = "straggler"
             if outcome.client_id in result.idle_s:
                 outcome.extras["idle_s"] = result.idle_s[outcome.client_id]
+                outcome.extras["sim_idle_s"] = result.idle_s[outcome.client_id]  # clients.parquet column
         return result.end_time

@@ -18,27 +18,39 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import GetTimeoutError, RayActorError
+from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
 from torch import nn
 
 from fedspine_ray.adapters import linear_shapes, model_bytes, tensor_bytes
 from fedspine_ray.aggregation import InvalidUpdateError, validate_update
 from fedspine_ray.config import ExperimentConfig, config_from_dict
-from fedspine_ray.data import load_data, partition_indices, tokenize
+from fedspine_ray.data import partition_indices
 from fedspine_ray.data.tokens import TokenizedSplit
 from fedspine_ray.models import (
     head_module_names,
-    load_classifier,
     load_tokenizer,
     lora_targets,
     resolve_model_path,
 )
-from fedspine_ray.runtime.client import FederatedClient, FitResult, FitTask
+from fedspine_ray.runtime.client import FitResult, FitTask
 from fedspine_ray.runtime.device_sim import ClientDevice, DeviceTimer, build_client_devices
+from fedspine_ray.runtime.pool import (
+    DedicatedRuntime,
+    PooledRuntime,
+    pool_sizes,
+    resolve_placement,
+    wait_until_ready,
+    worker_devices,
+)
 from fedspine_ray.runtime.transfer import static_tensor_names, strip_static
+from fedspine_ray.server_backend import build_backend
 from fedspine_ray.strategies import ClientAssignment, ClientOutcome, ServerContext, build_strategy
+from fedspine_ray.tasks import build_task
 
 log = logging.getLogger("fedspine_ray.server")
+#: Simulated-time breakdown of each client's round (DeviceTimer.close_round): download + compute + upload =
+#: ``sim_time_s``; ``sim_idle_s`` is the wait for the round's slowest device. NaN where not measured.
+SIM_TIME_COLUMNS = ("sim_download_s", "sim_compute_s", "sim_upload_s", "sim_idle_s")
 
 
 class BasePayload:
@@ -81,14 +93,11 @@ class FederatedServer:
         """Load model and data, partition, create client actors; returns a summary for the console."""
         cfg = self.config
         model_dir = resolve_model_path(cfg.model.path)
-        data = load_data(cfg.data, cfg.seed)
-        tokenizer = load_tokenizer(model_dir)
-        train = tokenize(data.train_texts, data.train_labels, tokenizer, cfg.model.max_seq_len)
-        self.test = tokenize(
-            data.test_texts, data.test_labels, tokenizer, cfg.model.max_seq_len
-        ).sorted_by_length()
-        self.global_model = load_classifier(model_dir, data.num_labels, cfg.seed)
-        parts = partition_indices(data.train_labels, cfg.clients.num_clients, cfg.partition, cfg.seed)
+        self.task = build_task(cfg)  # classification or causal_lm: data rendering, model kind, evaluation
+        data = self.task.prepare(cfg, load_tokenizer(model_dir))
+        train, self.test = data.train, data.test
+        self.global_model = self.task.load_model(model_dir, len(data.label_names), cfg.seed)
+        parts = partition_indices(data.partition_labels, cfg.clients.num_clients, cfg.partition, cfg.seed)
         self.devices: list[ClientDevice] = build_client_devices(cfg)
         self.timer = DeviceTimer(cfg, self.devices)
         calibration = train.subset(
@@ -104,18 +113,17 @@ class FederatedServer:
             client_capacity={
                 d.client_id: d.profile.flops_per_s if d.profile else d.num_cpus for d in self.devices
             },
+            backend=build_backend(cfg.server),
         )
         self.strategy = build_strategy(cfg.method.name)
         self.strategy.setup(self.ctx)
         self.static_names = static_tensor_names(self.global_model, self.ctx.head_modules)
-        check_cluster_fits(self.devices)
-        self.clients = [
-            self._create_client(device, train.subset(parts[device.client_id])) for device in self.devices
-        ]
-        self._wait_for_clients()
+        self._start_clients({d.client_id: train.subset(parts[d.client_id]) for d in self.devices})
         return {
             "run_id": self.run_id,
             "num_clients": len(self.clients),
+            "placement": self.runtime.mode,
+            "client_processes": len(self.runtime.actors),
             "train_samples": len(train),
             "test_samples": len(self.test),
             "labels": data.label_names,
@@ -123,21 +131,26 @@ class FederatedServer:
             "total_params": sum(p.numel() for p in self.global_model.parameters()),
         }
 
-    def _create_client(self, device: ClientDevice, data: TokenizedSplit) -> Any:
-        name = f"fedspine-{self.run_id}-client-{device.client_id}"
-        actor = ray.remote(FederatedClient).options(max_restarts=0, name=name, **device.actor_options())
-        return actor.remote(device.client_id, data, device.torch_threads)
+    def _start_clients(self, shards: dict[int, TokenizedSplit]) -> None:
+        """Create the clients' processes for ``clients.placement`` (runtime/pool.py) and wait for them.
 
-    def _wait_for_clients(self) -> None:
-        timeout = self.config.runtime.actor_start_timeout_s
-        try:
-            ray.get([c.ready.remote() for c in self.clients], timeout=timeout)
-        except GetTimeoutError:
-            raise RuntimeError(
-                f"client actors did not start within runtime.actor_start_timeout_s={timeout}s: the cluster lacks "
-                "the CPUs/memory/custom resources they request; fix: lower clients.resources (or the device "
-                "profiles' num_cpus/memory), or add nodes"
-            ) from None
+        ``self.clients[cid]`` is a handle with the client's methods (``.fit.remote(...)``) in both modes:
+        an actor of its own (dedicated) or a proxy to the pool worker serving it (pooled).
+        """
+        cfg = self.config.clients
+        available = ray.cluster_resources()
+        mode = resolve_placement(cfg.placement, self.devices, available)
+        if mode == "dedicated":
+            check_cluster_fits(self.devices)
+            self.runtime: DedicatedRuntime | PooledRuntime = DedicatedRuntime(
+                self.run_id, self.devices, shards
+            )
+        else:
+            sizes = pool_sizes(self.devices, available, cfg.pool_size)
+            check_cluster_fits(worker_devices(self.devices, sizes), what="pool workers")
+            self.runtime = PooledRuntime(self.run_id, self.devices, shards, sizes)
+        self.clients = self.runtime.handles
+        wait_until_ready(self.runtime.actors, self.config.runtime.actor_start_timeout_s)
 
     # ----------------------------------------------------------------- rounds
     def run_round(self, rnd: int) -> RoundReport:
@@ -145,14 +158,33 @@ class FederatedServer:
             return self._initial_report()
         cfg = self.config
         wall_start = time.perf_counter()
+        self._phase = {}
         selected = self._select_clients(rnd)
         assignments = self.strategy.configure_round(rnd, selected)
+        configured = time.perf_counter()
         outcomes = self._run_clients(rnd, assignments)
         round_time = self.timer.close_round(outcomes)
         self.sim_clock_s += round_time
+        collected = time.perf_counter()
         extra = self.strategy.aggregate_round(rnd, outcomes)
+        aggregated = time.perf_counter()
         test_loss, test_accuracy = self.evaluate()
+        evaluated = time.perf_counter()
         usable = [o for o in outcomes if o.usable]
+        fits = [o for o in outcomes if o.wall_time_s is not None and not math.isnan(o.wall_time_s)]
+        train_times = [float(o.extras.get("train_time_s", 0.0)) for o in fits]
+        timing = {  # where the round's wall time went (docs/results.md, benchmarks/bench_scale.py)
+            "server_configure_s": configured - wall_start,
+            "dispatch_s": self._phase.get("dispatch_s", 0.0),
+            "wait_s": self._phase.get("wait_s", 0.0),
+            "aggregate_s": aggregated - collected,
+            "eval_s": evaluated - aggregated,
+            "client_fit_s_sum": float(sum(o.wall_time_s for o in fits)),
+            "client_train_s_sum": float(sum(train_times)),
+            "client_train_s_max": float(max(train_times, default=0.0)),
+            "client_train_cpu_s_sum": float(sum(o.extras.get("train_cpu_s", 0.0) for o in fits)),
+            "client_processes": len(self.runtime.actors),
+        }
         round_row = {
             "round": rnd,
             "method": cfg.method.name,
@@ -169,6 +201,7 @@ class FederatedServer:
             "num_aggregated": len(usable),
             "trainable_params": int(np.mean([o.extras["trainable_params"] for o in usable])) if usable else 0,
             "total_params": self._eval_params,
+            **timing,
             **self.strategy.global_metrics(),
             **extra,
         }
@@ -201,7 +234,7 @@ class FederatedServer:
         live = [d.client_id for d in self.devices if d.client_id not in self.dead_clients]
         if not live:
             raise RuntimeError("every client actor has died; fix: check memory limits and the Ray logs")
-        wanted = self.config.clients.clients_per_round
+        wanted = self.config.clients.per_round()
         if wanted is None or wanted >= len(live):
             return live
         rng = np.random.default_rng([self.config.seed, rnd, 7])
@@ -209,10 +242,12 @@ class FederatedServer:
 
     def _run_clients(self, rnd: int, assignments: dict[int, ClientAssignment]) -> list[ClientOutcome]:
         cfg = self.config
+        started = time.perf_counter()
         bases: dict[Hashable, nn.Module] = {}
         # Each base goes into the object store once, and only if someone downloads it: whole for a device's
         # first download, without its static tensors (runtime/transfer.py) for devices that cache them.
         payloads: dict[tuple[Hashable, bool], BasePayload] = {}
+        derivations: dict[tuple[Hashable, Hashable], tuple[Any, ray.ObjectRef | None]] = {}
         pending: dict[ray.ObjectRef, int] = {}
         outcomes: dict[int, ClientOutcome] = {}
         for cid, assignment in assignments.items():
@@ -221,9 +256,14 @@ class FederatedServer:
                 bases[assignment.base_key] = assignment.build_base()
             base = bases[assignment.base_key]
             held = self.client_base.get(cid)
-            derivation = None
+            derivation = derivation_ref = None
             if held != assignment.base_key and held is not None and assignment.derive is not None:
-                derivation = assignment.derive(held)
+                # Many devices make the same move (held -> new sub-model): build and ship each move once.
+                move = (held, assignment.base_key)
+                if move not in derivations:
+                    built = assignment.derive(held)
+                    derivations[move] = (built, None if built is None else ray.put(built))
+                derivation, derivation_ref = derivations[move]
             send_base = held != assignment.base_key and derivation is None
             payload = (
                 self._payload(payloads, assignment.base_key, base, stripped=held is not None)
@@ -268,10 +308,19 @@ class FederatedServer:
                 head_modules=self.ctx.head_modules,
                 seed=cfg.seed,
                 static_names=self.static_names,
+                local_pruning=assignment.local_pruning,
             )
-            pending[self.clients[cid].fit.remote(task, payload.ref() if payload else None, derivation)] = cid
+            pending[
+                self.clients[cid].fit.remote(task, payload.ref() if payload else None, derivation_ref)
+            ] = cid
             self.client_base[cid] = assignment.base_key
+        dispatched = time.perf_counter()
         self._collect(rnd, pending, outcomes, bases)
+        for lost in self.runtime.recover():  # replaced pool workers / dead actors: their models are gone
+            self.client_base.pop(lost, None)
+        self._phase.update(wait_s=time.perf_counter() - dispatched)
+        self._phase.setdefault("dispatch_s", 0.0)
+        self._phase["dispatch_s"] += dispatched - started
         return [outcomes[cid] for cid in sorted(outcomes)]
 
     def _payload(
@@ -310,17 +359,18 @@ class FederatedServer:
             outcome = outcomes[cid]
             try:
                 result: FitResult = ray.get(done[0])
-            except RayActorError as exc:
-                log.warning(
-                    "client %d: actor died in round %d (%s); it is dropped from later rounds. Fix: give clients "
-                    "more memory (clients.resources / device profiles) and check the Ray logs",
-                    cid,
-                    rnd,
-                    type(exc).__name__,
-                )
+            except (RayActorError, OutOfMemoryError, WorkerCrashedError) as exc:  # the process is gone
                 outcome.status = "actor_died"
-                self.dead_clients.add(cid)
                 self.client_base.pop(cid, None)
+                if self.runtime.client_failed(cid):  # dedicated: the client's process was the device
+                    self.dead_clients.add(cid)
+                    log.warning(
+                        "client %d: actor died in round %d (%s); it is dropped from later rounds. Fix: give "
+                        "clients more memory (clients.resources / device profiles) and check the Ray logs",
+                        cid,
+                        rnd,
+                        type(exc).__name__,
+                    )
                 continue
             assignment = outcome.assignment
             if assignment.base_key not in expected_shapes:
@@ -342,20 +392,21 @@ class FederatedServer:
             outcome.loss_first, outcome.loss_last = result.losses[0], result.losses[-1]
             outcome.loss_mean = float(np.mean(result.losses))
             outcome.wall_time_s = result.wall_time_s
+            outcome.extras["train_time_s"] = result.train_time_s
+            outcome.extras["train_cpu_s"] = result.train_cpu_s
             outcome.extras["tokens_processed"] = result.tokens_processed
+            if result.local_pruning is not None:  # units removed mid-fit: the clock charges what ran
+                outcome.extras["local_pruning"] = result.local_pruning
+                outcome.extras["flops_per_token"] *= result.local_pruning.flops_scale
+                outcome.extras["units_pruned_on_device"] = result.local_pruning.removed
 
     # ----------------------------------------------------------------- evaluation
     def evaluate(self) -> tuple[float, float]:
-        """Test loss and accuracy of the strategy's current global model."""
+        """Test loss and accuracy of the strategy's current global model (the task kind defines both)."""
         model = self.strategy.evaluation_model()
         self._eval_params = sum(p.numel() for p in model.parameters())
-        losses, correct = [], 0
-        with torch.no_grad():
-            for batch in self.test.batches(self.config.training.eval_batch_size):
-                output = model(**batch)
-                losses.append(float(output.loss) * len(batch["labels"]))
-                correct += int((output.logits.argmax(-1) == batch["labels"]).sum())
-        return sum(losses) / len(self.test), correct / len(self.test)
+        with self.ctx.backend.serving(model) as forward, torch.no_grad():  # server.backend
+            return self.task.evaluate(forward, self.test, self.config.training.eval_batch_size)
 
     def _client_row(self, rnd: int, outcome: ClientOutcome) -> dict[str, Any]:
         device = self.devices[outcome.client_id]
@@ -372,12 +423,14 @@ class FederatedServer:
             "loss_last": outcome.loss_last,
             "loss_mean": outcome.loss_mean,
             "sim_time_s": outcome.sim_time_s,
+            **{col: float(outcome.extras.get(col, math.nan)) for col in SIM_TIME_COLUMNS},
             "wall_time_s": outcome.wall_time_s,
             "bytes_down": int(outcome.extras.get("bytes_down", 0)),
             "bytes_up": int(outcome.extras.get("bytes_up", 0)),
             "base_transfer": outcome.extras.get("base_transfer", "none"),
             "flops_per_token": float(outcome.extras.get("flops_per_token", math.nan)),
             "tokens_processed": int(outcome.extras.get("tokens_processed", 0)),
+            "units_pruned_on_device": int(outcome.extras.get("units_pruned_on_device", 0)),
             "memory_required_bytes": int(outcome.extras.get("memory_required_bytes", 0)),
             "memory_available_bytes": int(outcome.extras.get("memory_available_bytes", 0)),
             "model_params": int(outcome.extras.get("model_params", 0)),
@@ -385,9 +438,47 @@ class FederatedServer:
             "reward": float(outcome.extras.get("reward", math.nan)),
         }
 
+    # ----------------------------------------------------------------- checkpoints (fedspine_ray/checkpoint.py)
+    def checkpoint_state(self, rnd: int) -> dict[str, Any]:
+        """Everything a fresh server and fresh clients need to continue after round ``rnd``.
+
+        The global model and the strategy's state travel in one object, so references between them
+        survive pickling. Live clients export the sub-model they hold (dead ones hold nothing).
+        """
+        from fedspine_ray.checkpoint import rng_states
+
+        live = [d.client_id for d in self.devices if d.client_id not in self.dead_clients]
+        states = ray.get([self.clients[cid].export_state.remote() for cid in live])
+        return {
+            "round": rnd,
+            "global_model": self.global_model,
+            "strategy": self.strategy.state_dict(),
+            "server": {
+                "sim_clock_s": self.sim_clock_s,
+                "client_base": dict(self.client_base),
+                "dead_clients": sorted(self.dead_clients),
+            },
+            "clients": dict(zip(live, states, strict=True)),
+            "rng": rng_states(),
+        }
+
+    def restore_state(self, data: bytes) -> int:
+        """Load a checkpoint file's bytes after :meth:`setup`; returns the round it was taken after."""
+        from fedspine_ray.checkpoint import decode_checkpoint, set_rng_states
+
+        state = decode_checkpoint(data)
+        self.global_model = self.ctx.global_model = state["global_model"]
+        self.strategy.load_state_dict(state["strategy"])
+        server = state["server"]
+        self.sim_clock_s = float(server["sim_clock_s"])
+        self.client_base = dict(server["client_base"])
+        self.dead_clients = set(server["dead_clients"])
+        ray.get([self.clients[cid].import_state.remote(cs) for cid, cs in state["clients"].items()])
+        set_rng_states(state["rng"])
+        return int(state["round"])
+
     def shutdown(self) -> None:
-        for client in self.clients:
-            ray.kill(client)
+        self.runtime.shutdown()
 
 
 def validate_factors_head(
@@ -407,15 +498,15 @@ def validate_factors_head(
             )
 
 
-def check_cluster_fits(devices: list[ClientDevice]) -> None:
+def check_cluster_fits(devices: list[ClientDevice], what: str = "client actors") -> None:
     """Fail fast, naming the shortfall, when the cluster cannot host every client actor at once."""
     available = ray.cluster_resources()
     needed_cpus = sum(d.num_cpus for d in devices)
     if needed_cpus > available.get("CPU", 0) + 1e-9:
         raise RuntimeError(
-            f"client actors request {needed_cpus:g} CPUs in total but the Ray cluster has "
+            f"{len(devices)} {what} request {needed_cpus:g} CPUs in total but the Ray cluster has "
             f"{available.get('CPU', 0):g}; fix: lower clients.resources[].num_cpus (or the device profiles' "
-            "ray_num_cpus), use fewer clients, or add nodes"
+            "ray_num_cpus), use clients.placement: pooled (or a smaller clients.pool_size), or add nodes"
         )
     missing = sorted({d.ray_resource for d in devices if d.ray_resource and d.ray_resource not in available})
     if missing:

@@ -59,6 +59,11 @@ def collect_static(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Te
     return {name: state[name] for name in names}
 
 
+def restore_static_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Make ``model``'s tensor ``name`` be ``value`` (the object, not a copy): how processes share them."""
+    _set_tensor(model, name, value)
+
+
 def restore_static(model: nn.Module, cache: Mapping[str, torch.Tensor]) -> None:
     """Fill the placeholders of a stripped download from the device's cache of static tensors."""
     state = model.state_dict()

@@ -17,7 +17,9 @@ from torch import nn
 
 from fedspine_ray.adapters import Factors, tensor_bytes
 from fedspine_ray.config import ExperimentConfig
+from fedspine_ray.local_pruning import LocalPruningTask
 from fedspine_ray.pruning import PruningPlan
+from fedspine_ray.server_backend import ServerBackend, TorchBackend
 
 
 @dataclass
@@ -31,6 +33,8 @@ class ServerContext:
     client_num_samples: dict[int, int]
     calibration_batches: list[dict[str, torch.Tensor]]
     client_capacity: dict[int, float] = field(default_factory=dict)
+    #: Runs the global model's evaluation passes and importance scoring (``server.backend``).
+    backend: ServerBackend = field(default_factory=TorchBackend)
 
 
 @dataclass
@@ -72,6 +76,15 @@ class ClientAssignment:
     arm: int | None = None
     #: Given the key of the base a client holds, how to derive this base from it (None: download it).
     derive: Callable[[Hashable], Derivation | None] | None = None
+    #: Ratio of the sub-model actually sent when the device prunes the rest itself (``pruning.where:
+    #: client``); None means ``pruning_ratio``. ``pruning_ratio`` is always the ratio the device ends at.
+    submodel_ratio: float | None = None
+    #: Units the device removes during local training (None: no device-side pruning).
+    local_pruning: LocalPruningTask | None = None
+
+    @property
+    def base_ratio(self) -> float:
+        return self.pruning_ratio if self.submodel_ratio is None else self.submodel_ratio
 
 
 @dataclass
@@ -119,6 +132,30 @@ class Strategy(ABC):
     def global_metrics(self) -> dict[str, float]:
         """Per-round metrics describing the global model (sparsity, sizes); overridden by pruning methods."""
         return {"sparsity": 0.0}
+
+    #: Attributes left out of :meth:`state_dict`: rebuilt every round, or not picklable (callables).
+    #: ``ctx`` is always left out (the server rebuilds it); subclasses add their own transient names.
+    transient_state: tuple[str, ...] = ()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the strategy learned so far, for checkpoints (``fedspine run --resume``).
+
+        Generic on purpose, so a new strategy is resumable without code: every instance attribute except
+        ``ctx``, those named in ``transient_state`` and plain functions. The result is pickled together
+        with the global model in one ``torch.save`` (fedspine_ray/checkpoint.py), so an attribute that
+        refers to ``ctx.global_model`` or its tensors still does after loading.
+        """
+        skip = {"ctx", *self.transient_state}
+        return {
+            key: value
+            for key, value in vars(self).items()
+            if key not in skip and not (callable(value) and getattr(value, "__name__", "") == "<lambda>")
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s attributes; call after ``setup(ctx)`` with the resumed context."""
+        for key, value in state.items():
+            setattr(self, key, value)
 
 
 def weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:

@@ -6,8 +6,10 @@ coordinates: each sub-model's delta ``B @ A`` is zero outside its units, deltas 
 re-factorised by SVD (``method.aggregation`` selects another rule, e.g. the coverage-aware
 ``fedspine``). On the pruning schedule the server merges the adapters into the base weights — so
 nothing learned is lost — scores units (Taylor or magnitude) and prunes the global model toward
-``pruning.target_sparsity``. The bandit is rewarded with training progress
-and timeliness against the other clients' median completion time (docs/bandit.md).
+``pruning.target_sparsity``. The bandit is a grid UCB or S-UCB over the continuous (ratio, rank) space
+(``bandit.algorithm: s_ucb``, fedspine_ray/sucb.py); it is rewarded with the multi-term reward (loss
+improvement, pruning progress, LoRA-update importance, timeliness against the other clients' median
+completion time) or the earlier progress + timeliness one (``bandit.reward``; docs/bandit.md).
 """
 
 from __future__ import annotations
@@ -16,10 +18,19 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
-from fedspine_ray.bandit import ArmGrid, DeviceBandits, fedspine_reward
+from fedspine_ray.bandit import (
+    ArmGrid,
+    DeviceBandits,
+    fedspine_reward,
+    multi_term_reward,
+    pruning_progress,
+    timeliness,
+)
 from fedspine_ray.strategies.base import ClientOutcome, ServerContext
 from fedspine_ray.strategies.lora_base import LoRAStrategy
+from fedspine_ray.sucb import DeviceSUCB, allowed_ranks, allowed_ratios
 
 FAILED_STATUSES = ("oom", "rejected", "actor_died")
 
@@ -35,18 +46,37 @@ class FedSpine(LoRAStrategy):
     def setup(self, ctx: ServerContext) -> None:
         bandit = ctx.config.bandit
         self.arms = ArmGrid(bandit.pruning_ratios, bandit.ranks)
-        options = {"c": bandit.exploration}
-        options.update({"gamma": bandit.gamma} if bandit.algorithm == "discounted_ucb" else {})
-        options.update({"window": bandit.window} if bandit.algorithm == "sliding_window_ucb" else {})
-        self.bandits = DeviceBandits(
-            self.arms, ctx.config.clients.num_clients, bandit.algorithm, seed=ctx.config.seed, **options
-        )
+        self.bandits: DeviceBandits | DeviceSUCB
+        if bandit.algorithm == "s_ucb":
+            # continuous space spanned by the configured values; see fedspine_ray/sucb.py
+            self.bandits = DeviceSUCB(
+                allowed_ratios(min(bandit.pruning_ratios), max(bandit.pruning_ratios), bandit.ratio_step),
+                allowed_ranks(min(bandit.ranks), max(bandit.ranks)),
+                ctx.config.clients.num_clients,
+                seed=ctx.config.seed,
+                gamma=bandit.gamma,
+                c=bandit.exploration,
+                lipschitz=bandit.lipschitz,
+                bandwidth=bandit.bandwidth,
+                split_after=bandit.split_after,
+            )
+        else:
+            options = {"c": bandit.exploration}
+            options.update({"gamma": bandit.gamma} if bandit.algorithm == "discounted_ucb" else {})
+            options.update({"window": bandit.window} if bandit.algorithm == "sliding_window_ucb" else {})
+            self.bandits = DeviceBandits(
+                self.arms, ctx.config.clients.num_clients, bandit.algorithm, seed=ctx.config.seed, **options
+            )
         super().setup(ctx)
 
     def max_rank(self) -> int:
         return max(self.ctx.config.bandit.ranks)
 
     def choose(self, rnd: int, client_id: int) -> tuple[float, int, int | None]:
+        """(ratio, rank, arm): the grid arm's index, or for S-UCB the id of the leaf cell played."""
+        if isinstance(self.bandits, DeviceSUCB):
+            ratio, rank, cell = self.bandits.select(client_id)
+            return float(ratio), int(rank), int(cell)
         arm = self.bandits.select_index(client_id)
         ratio, rank = self.arms[arm]
         return float(ratio), int(rank), arm
@@ -75,19 +105,91 @@ class FedSpine(LoRAStrategy):
         return outcome.sim_time_s if outcome.sim_time_s > 0 else 1.0
 
     def _reward_bandits(self, outcomes: Sequence[ClientOutcome]) -> list[float]:
+        bandit = self.ctx.config.bandit
+        terms = self._reward_terms(outcomes) if bandit.reward == "multi_term" else {}
         rewards = []
         for outcome in outcomes:
             if outcome.assignment.arm is None:
                 continue
             failed = outcome.status in FAILED_STATUSES
-            reward = fedspine_reward(
-                completion_time=outcome.sim_time_s if not failed else 1.0,
-                reference_time=self._reference_time(outcome, outcomes),
-                loss_before=None if failed else outcome.loss_first,
-                loss_after=None if failed else outcome.loss_last,
-                failed=failed,
-            )
-            self.bandits.update(outcome.client_id, outcome.assignment.arm, reward)
+            if bandit.reward == "multi_term":
+                reward = multi_term_reward(
+                    terms.get(outcome.client_id, {}), bandit.reward_weights, failed=failed
+                )
+            else:
+                reward = fedspine_reward(
+                    completion_time=outcome.sim_time_s if not failed else 1.0,
+                    reference_time=self._reference_time(outcome, outcomes),
+                    loss_before=None if failed else outcome.loss_first,
+                    loss_after=None if failed else outcome.loss_last,
+                    failed=failed,
+                )
+            assignment = outcome.assignment
+            if isinstance(self.bandits, DeviceSUCB):
+                self.bandits.update(
+                    outcome.client_id, assignment.pruning_ratio, assignment.rank, reward, assignment.arm
+                )
+            else:
+                self.bandits.update(outcome.client_id, assignment.arm, reward)
             outcome.extras["reward"] = reward
+            for name, value in terms.get(outcome.client_id, {}).items():
+                outcome.extras[f"reward_{name}"] = value
             rewards.append(reward)
         return rewards
+
+    def _reward_terms(self, outcomes: Sequence[ClientOutcome]) -> dict[int, dict[str, float]]:
+        """Per successful client, the four terms of the multi-term reward (docs/bandit.md), each in [0, 1].
+
+        ``loss`` and ``update`` are relative to the round's best client, so they compare devices that saw
+        the same global model, and their scale does not drift as the loss falls over the rounds.
+        """
+        ok = [
+            o
+            for o in outcomes
+            if o.assignment.arm is not None and o.status not in FAILED_STATUSES and o.sim_time_s > 0
+        ]
+        sparsity = float(self.global_metrics()["sparsity"])
+        target = self.ctx.config.pruning.target_sparsity
+        gains = {o.client_id: _loss_gain(o) for o in ok}
+        norms = {o.client_id: _update_norm(o) for o in ok}
+        best_gain = max((g for g in gains.values() if math.isfinite(g)), default=0.0)
+        best_norm = max(norms.values(), default=0.0)
+        terms = {}
+        for o in ok:
+            gain = gains[o.client_id]  # nan (diverged) stays nan: multi_term_reward scores it a failure
+            terms[o.client_id] = {
+                "loss": gain / best_gain if best_gain > 0 else gain * 0.0,
+                "pruning": pruning_progress(o.assignment.pruning_ratio, min(sparsity, 0.999), target),
+                "update": norms[o.client_id] / best_norm if best_norm > 0 else 0.0,
+                "time": timeliness(o.sim_time_s, self._reference_time(o, outcomes)),
+            }
+        return terms
+
+
+def _loss_gain(outcome: ClientOutcome) -> float:
+    """Relative local loss decrease of the round, ``(first - last) / first`` (``nan`` if it diverged)."""
+    first, last = outcome.loss_first, outcome.loss_last
+    if not (math.isfinite(first) and math.isfinite(last)):
+        return math.nan
+    return max(0.0, (first - last) / first) if first > 0 else 0.0
+
+
+def _update_norm(outcome: ClientOutcome) -> float:
+    """Frobenius norm of the device's LoRA update ``B A - B0 A0`` over all its modules.
+
+    Computed in the sub-model's own coordinates (the device's start and end adapters share them), so it
+    needs no index map; a bigger sub-model or rank that learns more moves its adapter further.
+    """
+    if outcome.factors is None:
+        return 0.0
+    total = 0.0
+    start = outcome.assignment.factors
+    with torch.no_grad():
+        for name, (a, b) in outcome.factors.items():
+            delta = b.float() @ a.float()
+            if name in start:
+                a0, b0 = start[name]
+                if tuple(b0.shape[:1]) + tuple(a0.shape[1:]) == tuple(delta.shape):
+                    delta = delta - b0.float() @ a0.float()
+            total += float(delta.pow(2).sum())
+    return math.sqrt(total)

@@ -20,11 +20,11 @@ from torch import nn
 
 from fedspine_ray.adapters import Factors, init_factors, linear_shapes, module_state
 from fedspine_ray.aggregation import Aggregator, ClientLoRA, get_aggregator
+from fedspine_ray.local_pruning import ImportanceTracker, LocalPruningTask, removal_counts
 from fedspine_ray.pruning import (
     PruningPlan,
     UnitImportance,
     apply_plan,
-    compute_importance,
     extract_submodel,
     identity_plan,
     linear_index_map,
@@ -59,6 +59,8 @@ class LoRAStrategy(Strategy):
     #: Whether the global model is pruned toward ``pruning.target_sparsity`` when ``method.prune_global``
     #: is not set: FedSpine does; the baselines do only when asked (equal-sparsity comparisons).
     prunes_globally = False
+    #: Per-round sub-model builders (closures over the global model): rebuilt in every configure_round.
+    transient_state = ("_round_plans",)
 
     def setup(self, ctx: ServerContext) -> None:
         super().setup(ctx)
@@ -80,6 +82,8 @@ class LoRAStrategy(Strategy):
         prune = cfg.method.prune_global
         self.prune_global = self.prunes_globally if prune is None else prune
         self.prune_rounds = max(1, math.ceil(cfg.training.rounds * cfg.pruning.end_fraction))
+        #: Devices' aggregated LoRA-gradient unit scores (``pruning.where: client``); empty until reported.
+        self.device_importance = ImportanceTracker(cfg.pruning.importance_smoothing)
 
     # ------------------------------------------------------------------ hooks for subclasses
     def max_rank(self) -> int:
@@ -99,9 +103,10 @@ class LoRAStrategy(Strategy):
         assignments = {}
         for cid in client_ids:
             ratio, rank, arm = self.choose(rnd, cid)
-            build, index_map = self._submodel(ratio)
+            start, local = self._device_side_split(ratio)
+            build, index_map = self._submodel(start)
             factors = lora_to_sub(self.aggregator.distribute(self.factors, rank), index_map)
-            key = (self.version, ratio)
+            key = (self.version, start)
             assignments[cid] = ClientAssignment(
                 base_key=key,
                 build_base=build,
@@ -111,8 +116,26 @@ class LoRAStrategy(Strategy):
                 head=self.head,
                 pruning_ratio=ratio,
                 arm=arm,
+                submodel_ratio=start,
+                local_pruning=local,
             )
         return assignments
+
+    def _device_side_split(self, ratio: float) -> tuple[float, LocalPruningTask | None]:
+        """(ratio of the sub-model sent, device-side pruning task) for a device that must end at ``ratio``.
+
+        Server mode sends the sub-model at ``ratio``. Client mode sends it at ``ratio * (1 - local_share)``
+        and asks the device to remove the difference itself while it trains (fedspine_ray/local_pruning.py);
+        a device with nothing to remove still scores its units, so every device informs the global prune.
+        """
+        cfg = self.ctx.config.pruning
+        if cfg.where != "client":
+            return ratio, None
+        start = round(ratio * (1.0 - cfg.local_share), 6)
+        self._submodel(start)
+        self._submodel(ratio)
+        remove = removal_counts(self._issued[(self.version, start)], self._issued[(self.version, ratio)])
+        return start, LocalPruningTask(remove, cfg.local_prune_every, cfg.local_smoothing)
 
     def aggregate_round(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
         usable = [o for o in outcomes if o.usable]
@@ -120,7 +143,7 @@ class LoRAStrategy(Strategy):
             global_shapes = linear_shapes(self.ctx.global_model, self.ctx.lora_targets)
             updates = []
             for outcome in usable:
-                _, index_map = self._round_plans[outcome.assignment.pruning_ratio]
+                _, index_map = self._round_plans[outcome.assignment.base_ratio]
                 full = lora_to_global(outcome.factors, index_map, global_shapes)
                 updates.append(
                     ClientLoRA(
@@ -132,6 +155,7 @@ class LoRAStrategy(Strategy):
                 )
             self.factors = self.aggregator.aggregate(updates, self.global_rank, previous=self.factors)
             self.head = average_states([o.head for o in usable], [o.num_samples for o in usable])
+            self._track_device_importance(usable)
         metrics = self.after_aggregation(rnd, outcomes)
         if self.prune_global:
             metrics["pruned_this_round"] = float(self.global_prune_step(rnd))
@@ -152,13 +176,44 @@ class LoRAStrategy(Strategy):
         return init_factors(shapes, self.global_rank, seed=seed)
 
     def importance(self) -> UnitImportance:
-        """Unit importance of the current global model (adapters merged), computed once per version."""
+        """Unit importance of the current global model (adapters merged), computed once per version.
+
+        Once devices have reported LoRA-gradient scores (``pruning.where: client``) their aggregate is used;
+        until then, and in server mode, the server scores units with ``pruning.importance``.
+        """
+        if self._importance is None:
+            self._importance = self._reported_importance()
         if self._importance is None:
             cfg = self.ctx.config.pruning
             model = self.evaluation_model()
             batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
-            self._importance = compute_importance(model, cfg.importance, batches)
+            self._importance = self.ctx.backend.importance(model, cfg.importance, batches)
         return self._importance
+
+    def _reported_importance(self) -> UnitImportance | None:
+        """The devices' aggregated scores for the current global model's units, if any were reported."""
+        if not self.device_importance:
+            return None
+        scores = self.device_importance.for_plan(self.global_units)
+        return UnitImportance(attention=scores["attention"], mlp=scores["mlp"], method="device_lora_gradient")
+
+    def _track_device_importance(self, usable: Sequence[ClientOutcome]) -> None:
+        """Fold this round's device-side scores (if any) into the server's aggregate, in original units."""
+        reports = []
+        for outcome in usable:
+            result = outcome.extras.get("local_pruning")
+            if result is None:
+                continue
+            plan = self._issued[(self.version, outcome.assignment.base_ratio)]
+            reports.append((plan, result.scores, float(outcome.num_samples)))
+        if reports:
+            units = prunable_units(self.ctx.global_model)
+            original = {
+                "attention": dict(enumerate(units.original_attention_units)),
+                "mlp": dict(enumerate(units.original_mlp_channels)),
+            }
+            self.device_importance.update(reports, original)
+            self._importance = None
 
     def _submodel(self, ratio: float) -> tuple[Callable[[], nn.Module], IndexMap]:
         """Builder of the sub-model at ``ratio`` and its coordinate map; one per distinct ratio per round."""
@@ -195,7 +250,8 @@ class LoRAStrategy(Strategy):
         for layer in target.layers:
             for kind in ("attention", "mlp"):
                 held_units = getattr(held, kind)[layer]
-                lacking = [u for u in getattr(target, kind)[layer] if u not in set(held_units)]
+                held_set = set(held_units)
+                lacking = [u for u in getattr(target, kind)[layer] if u not in held_set]
                 order = {u: j for j, u in enumerate(held_units + lacking)}
                 getattr(plan, kind)[layer] = [order[u] for u in getattr(target, kind)[layer]]
                 in_global = {u: j for j, u in enumerate(getattr(self.global_units, kind)[layer])}
@@ -224,14 +280,24 @@ class LoRAStrategy(Strategy):
         cfg = self.ctx.config.pruning
         if rnd > self.prune_rounds or rnd % cfg.prune_every != 0 or cfg.target_sparsity <= 0:
             return False
+        return self.prune_to(sparsity_schedule(cfg.schedule, cfg.target_sparsity, rnd, self.prune_rounds))
+
+    def prune_to(self, target: float) -> bool:
+        """Merge adapters, then prune the global model to global sparsity ``target`` (no-op if already there).
+
+        Units are scored after the merge, on the model that will be pruned: by the devices' aggregated
+        scores when they reported some (``pruning.where: client``), else by ``pruning.importance``.
+        """
+        cfg = self.ctx.config.pruning
         model = self.ctx.global_model
-        target = sparsity_schedule(cfg.schedule, cfg.target_sparsity, rnd, self.prune_rounds)
         if target <= prunable_units(model).sparsity + 1e-9:
             return False
 
-        def plan() -> PruningPlan:  # scored after the merge, on the model that will be pruned
-            batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
-            importance = compute_importance(model, cfg.importance, batches)
+        def plan() -> PruningPlan:
+            importance = self._reported_importance()
+            if importance is None:
+                batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
+                importance = self.ctx.backend.importance(model, cfg.importance, batches)
             ratio = ratio_for_sparsity(model, target, cfg.protected_layers)
             units = prunable_units(model)
             return plan_for_original_ratio(

