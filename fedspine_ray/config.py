@@ -248,6 +248,7 @@ class PruningConfig:
     local_share: float = 0.5
     local_prune_every: int = 2
     local_smoothing: float = 0.8
+    local_importance: Literal["activation", "lora_gradient"] = "activation"
     importance_smoothing: float = 0.5
 
     def validate(self, where: str) -> None:

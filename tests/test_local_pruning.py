@@ -81,9 +81,12 @@ def test_masked_units_compute_exactly_like_physically_removed_units(wrapped):
         torch.testing.assert_close(model(**batch).logits, merged(**batch).logits, rtol=1e-4, atol=1e-5)
 
 
-def test_scores_schedule_flops_and_zeroed_adapters(wrapped):
+@pytest.mark.parametrize("importance", ["activation", "lora_gradient"])
+def test_scores_schedule_flops_and_zeroed_adapters(wrapped, importance):
     base, model = wrapped
-    task = LocalPruningTask(remove={"attention": {0: 1, 1: 1}, "mlp": {0: 6, 1: 6}}, every=2)
+    task = LocalPruningTask(
+        remove={"attention": {0: 1, 1: 1}, "mlp": {0: 6, 1: 6}}, every=2, importance=importance
+    )
     assert task.points(6) == [2, 4] and task.points(2) == [1]
     pruner = LocalPruner(model, task, local_steps=6)
     removed_after = []

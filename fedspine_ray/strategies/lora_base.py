@@ -135,7 +135,9 @@ class LoRAStrategy(Strategy):
         self._submodel(start)
         self._submodel(ratio)
         remove = removal_counts(self._issued[(self.version, start)], self._issued[(self.version, ratio)])
-        return start, LocalPruningTask(remove, cfg.local_prune_every, cfg.local_smoothing)
+        return start, LocalPruningTask(
+            remove, cfg.local_prune_every, cfg.local_smoothing, importance=cfg.local_importance
+        )
 
     def aggregate_round(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
         usable = [o for o in outcomes if o.usable]
