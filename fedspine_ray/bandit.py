@@ -31,6 +31,7 @@ __all__ = [
     "Bandit",
     "DeviceBandits",
     "DiscountedUCB",
+    "PerDeviceLearners",
     "SlidingWindowUCB",
     "DEFAULT_REWARD_WEIGHTS",
     "REWARD_TERMS",
@@ -270,40 +271,42 @@ def make_bandit(name: str, num_arms: int, seed: int = 0, **kw: Any) -> Bandit:
     return BANDITS[key](num_arms, seed=seed, **kw)
 
 
-class DeviceBandits:
-    """One independent learner per device (FedSpine runs a separate MAB per device: capabilities
+class PerDeviceLearners:
+    """One independent learner per device (FedSpine runs a separate bandit per device: capabilities
     differ, so pooling rewards across devices would average away exactly what must be learned).
 
-    Learner ``d`` is seeded from ``SeedSequence([seed, d])`` so learners are independent yet the
-    whole set is reproducible from ``seed``.
+    Learner ``d`` is built by ``make(seed_d)`` with ``seed_d`` drawn from ``SeedSequence([seed, d])``, so
+    learners are independent yet the whole set is reproducible from ``seed``. Shared by the grid
+    (:class:`DeviceBandits`) and continuous (``fedspine_ray.sucb.DeviceSUCB``) learners.
     """
 
-    def __init__(
-        self, arm_grid: ArmGrid, num_devices: int, algorithm: str = "discounted_ucb", seed: int = 0, **kw: Any
-    ) -> None:
+    def __init__(self, make: Any, num_devices: int, seed: int) -> None:
         if num_devices < 1:
             raise ValueError(f"num_devices must be >= 1, got {num_devices}")
-        self.arm_grid = arm_grid
-        self.algorithm = algorithm
         self.seed = int(seed)
-        self.learners: list[Bandit] = [
-            make_bandit(
-                algorithm,
-                len(arm_grid),
-                seed=int(np.random.SeedSequence([self.seed, d]).generate_state(1)[0]),
-                **kw,
-            )
-            for d in range(num_devices)
+        self.learners = [
+            make(int(np.random.SeedSequence([self.seed, d]).generate_state(1)[0])) for d in range(num_devices)
         ]
-        self.last_arm: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.learners)
 
-    def _learner(self, device_id: int) -> Bandit:
+    def _learner(self, device_id: int) -> Any:
         if not 0 <= device_id < len(self.learners):
             raise ValueError(f"device_id {device_id} out of range [0, {len(self.learners)})")
         return self.learners[device_id]
+
+
+class DeviceBandits(PerDeviceLearners):
+    """A grid learner (``algorithm`` from :data:`BANDITS`) per device, over ``arm_grid``'s arms."""
+
+    def __init__(
+        self, arm_grid: ArmGrid, num_devices: int, algorithm: str = "discounted_ucb", seed: int = 0, **kw: Any
+    ) -> None:
+        super().__init__(lambda s: make_bandit(algorithm, len(arm_grid), seed=s, **kw), num_devices, seed)
+        self.arm_grid = arm_grid
+        self.algorithm = algorithm
+        self.last_arm: dict[int, int] = {}
 
     def select_index(self, device_id: int) -> int:
         arm = self._learner(device_id).select()

@@ -38,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from fedspine_ray.bandit import PerDeviceLearners
+
 __all__ = ["DeviceSUCB", "SmoothUCB", "allowed_ranks", "allowed_ratios"]
 
 
@@ -275,29 +277,13 @@ class SmoothUCB:
         self.obs = [(float(o[0]), float(o[1]), float(o[2]), int(o[3])) for o in state["obs"]]
 
 
-class DeviceSUCB:
+class DeviceSUCB(PerDeviceLearners):
     """One independent :class:`SmoothUCB` per device, seeded from ``SeedSequence([seed, d])``."""
 
     def __init__(
         self, ratios: Sequence[float], ranks: Sequence[int], num_devices: int, seed: int = 0, **kw: Any
     ) -> None:
-        if num_devices < 1:
-            raise ValueError(f"num_devices must be >= 1, got {num_devices}")
-        self.seed = int(seed)
-        self.learners = [
-            SmoothUCB(
-                ratios, ranks, seed=int(np.random.SeedSequence([self.seed, d]).generate_state(1)[0]), **kw
-            )
-            for d in range(num_devices)
-        ]
-
-    def __len__(self) -> int:
-        return len(self.learners)
-
-    def _learner(self, device_id: int) -> SmoothUCB:
-        if not 0 <= device_id < len(self.learners):
-            raise ValueError(f"device_id {device_id} out of range [0, {len(self.learners)})")
-        return self.learners[device_id]
+        super().__init__(lambda s: SmoothUCB(ratios, ranks, seed=s, **kw), num_devices, seed)
 
     def select(self, device_id: int) -> tuple[float, int, int]:
         """``(pruning_ratio, lora_rank, leaf id)`` for ``device_id`` this round."""
