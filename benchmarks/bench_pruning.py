@@ -198,7 +198,8 @@ def smollm2_bench(args: argparse.Namespace) -> dict:
     imp = compute_importance(dense, "taylor", calib)
     rows, runners = [], []
     for p in args.ratios:
-        model = apply_plan(copy.deepcopy(dense), plan_for_ratio(imp, p))
+        plan = plan_for_ratio(imp, p, prune_attention=not args.channels_only)
+        model = apply_plan(copy.deepcopy(dense), plan)
         loss, acc = task.evaluate(model, data.test, 32)
         rows.append(
             dict(
@@ -235,7 +236,8 @@ def smollm2_bench(args: argparse.Namespace) -> dict:
         f"{'FLOPs rel':>9} | {'0-shot acc':>10} {'ppl':>6} | {'recov acc':>9} {'ppl':>6}"
     )
     print(
-        f"model=SmolLM2-135M-Instruct batch={args.batch_size} seq<={args.seq_len} repeats={args.repeats} "
+        f"model=SmolLM2-135M-Instruct pruned={'MLP channels' if args.channels_only else 'KV groups + MLP channels'} "
+        f"batch={args.batch_size} seq<={args.seq_len} repeats={args.repeats} "
         f"threads={args.threads} eval={len(data.test)} rotten_tomatoes test prompts, recovery={args.recovery_steps} "
         "LoRA steps"
     )
@@ -255,6 +257,7 @@ def smollm2_bench(args: argparse.Namespace) -> dict:
         "threads": args.threads,
         "train_step": "LoRA rank 8 (all projections) AdamW forward+backward+step",
         "recovery_steps": args.recovery_steps,
+        "pruned_units": "mlp_channels" if args.channels_only else "attention_and_mlp",
         "eval_samples": len(data.test),
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
@@ -273,6 +276,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--json-out", default=None)
     ap.add_argument("--eval-samples", type=int, default=160, help="smollm2: test prompts per evaluation")
     ap.add_argument("--recovery-steps", type=int, default=30, help="smollm2: LoRA recovery steps per ratio")
+    ap.add_argument(
+        "--channels-only",
+        action="store_true",
+        help="smollm2: prune MLP channels only, as pruning.prune_attention: false (the shipped SmolLM2 config)",
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.model == "smollm2":

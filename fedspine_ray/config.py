@@ -241,6 +241,10 @@ class PruningConfig:
     schedule: Literal["linear", "cubic", "constant"] = "cubic"
     importance: str = "taylor"
     protected_layers: list[int] = field(default_factory=list)
+    #: False: remove only MLP channels. A small GQA decoder has few, coarse attention units (SmolLM2-135M:
+    #: 3 KV groups of 3 heads per layer) and losing one of them costs far more than the same parameters
+    #: in MLP channels (benchmarks/README.md, SmolLM2 pruning table).
+    prune_attention: bool = True
     calibration_batches: int = 2
     prune_every: int = 1
     end_fraction: float = 0.6

@@ -34,6 +34,8 @@ WORKER_ENV = {
     # One line per actor otherwise: transformers' LOAD REPORT / warnings and DeepSpeed's accelerator guess.
     "TRANSFORMERS_VERBOSITY": "error",
     "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+    # PEFT 0.18 asks transformers 5 a deprecated question on every LoRA wrap: one warning per worker.
+    "PYTHONWARNINGS": "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning",
 }
 
 

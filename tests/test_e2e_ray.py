@@ -80,7 +80,11 @@ def test_a_dead_client_actor_is_dropped_and_the_run_goes_on(
             ray.kill(ray.get_actor(name))
 
     config = tiny_config(
-        tiny_llama_dir, tiny_text_csv, tmp_path / "kill", training={"rounds": 3, "local_steps": 2}
+        tiny_llama_dir,
+        tiny_text_csv,
+        tmp_path / "kill",
+        training={"rounds": 3, "local_steps": 2},
+        clients={"placement": "dedicated"},  # one actor per client, so killing one kills that client only
     )
     run_experiment(config, progress=False, on_round=kill_client_1)
     rounds, clients = read_run(tmp_path / "kill")

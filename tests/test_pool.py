@@ -22,8 +22,11 @@ def _devices(num_clients: int, mix: dict | None = None):
 
 def test_auto_placement_pools_only_when_the_cluster_cannot_host_every_client():
     devices = _devices(8)  # default resources: 0.25 and 0.125 CPUs per client actor
-    assert resolve_placement("auto", devices, {"CPU": 2.0}) == "dedicated"
+    assert resolve_placement("auto", devices, {"CPU": 8.0}) == "dedicated"
+    # requests fit (1.5 CPUs) but 8 processes would share 2 cores: pooled
+    assert resolve_placement("auto", devices, {"CPU": 2.0}) == "pooled"
     assert resolve_placement("auto", devices, {"CPU": 1.0}) == "pooled"
+    assert resolve_placement("auto", devices, {"CPU": 8.0, "memory": 1e9}) == "pooled"
     assert resolve_placement("dedicated", devices, {"CPU": 1.0}) == "dedicated"
 
 

@@ -177,6 +177,30 @@ def test_sparsity_definition_and_progressive_global_pruning() -> None:
     assert prunable_units(model).attention_units[0] == 8
 
 
+def test_channels_only_pruning_keeps_every_attention_unit_and_still_meets_the_target() -> None:
+    model = tiny_llama_cls()
+    imp = compute_importance(model)
+    plan = plan_for_ratio(imp, 0.5, prune_attention=False)
+    assert [len(units) for units in plan.attention.values()] == prunable_units(model).attention_units
+    assert all(len(channels) == 64 for channels in plan.mlp.values())
+    for target in (0.15, 0.3):  # progressive, vs. the original sizes: only MLP channels pay for the target
+        r = ratio_for_sparsity(model, target, prune_attention=False)
+        assert r > target  # channels are a fraction of the prunable weights, so each loses more
+        pu = prunable_units(model)
+        apply_plan(
+            model,
+            plan_for_original_ratio(
+                compute_importance(model),
+                r,
+                dict(enumerate(pu.original_attention_units)),
+                dict(enumerate(pu.original_mlp_channels)),
+                prune_attention=False,
+            ),
+        )
+        assert sparsity(model) == pytest.approx(target, abs=0.03)
+        assert prunable_units(model).attention_units == pu.original_attention_units
+
+
 def test_flops_and_params_shrink() -> None:
     model = tiny_llama_cls()
     dense_f, dense_p = flops_per_token(model, 32), count_parameters(model)

@@ -34,13 +34,20 @@ def make_context(model_dir, **sections):
     ), batch
 
 
-def test_device_derives_new_submodel_from_held_one_exactly(tiny_llama_dir):
+@pytest.mark.parametrize(("prune_attention", "target"), [(True, 0.5), (False, 0.3)])
+def test_device_derives_new_submodel_from_held_one_exactly(tiny_llama_dir, prune_attention, target):
     ctx, batch = make_context(
         tiny_llama_dir,
         method={"name": "fedspine"},
-        pruning={"target_sparsity": 0.5, "importance": "taylor", "end_fraction": 1.0},
+        pruning={
+            "target_sparsity": target,
+            "importance": "taylor",
+            "end_fraction": 1.0,
+            "prune_attention": prune_attention,
+        },
         bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
     )
+    attention_units = prunable_units(ctx.global_model).attention_units
     strategy = build_strategy("fedspine")
     strategy.setup(ctx)
     build, _ = strategy._submodel(0.0)
@@ -48,7 +55,8 @@ def test_device_derives_new_submodel_from_held_one_exactly(tiny_llama_dir):
     # pretend clients trained: a non-zero global adapter, then the server's prune step merges it
     strategy.factors = {k: (a, torch.randn_like(b) * 0.05) for k, (a, b) in strategy.factors.items()}
     assert strategy.global_prune_step(1)
-    assert prunable_units(ctx.global_model).sparsity == pytest.approx(0.5, abs=0.05)
+    assert prunable_units(ctx.global_model).sparsity == pytest.approx(target, abs=0.05)
+    assert (prunable_units(ctx.global_model).attention_units == attention_units) is not prune_attention
     strategy._round_plans = {}
     build_new, _ = strategy._submodel(0.5)
     derivation = strategy.derivation(held_key, (1, 0.5))

@@ -160,6 +160,7 @@ def plan_for_ratio(
     protected_layers: Sequence[int] = (),
     layer_ratios: Mapping[int, float] | None = None,
     mlp_ratio: float | None = None,
+    prune_attention: bool = True,
 ) -> PruningPlan:
     """Remove ``ratio`` of the attention units and MLP channels of every non-protected layer.
 
@@ -168,6 +169,7 @@ def plan_for_ratio(
         ratio: fraction of units removed per layer (``mlp_ratio`` overrides it for channels).
         protected_layers: layer indices never pruned (negative indices count from the end).
         layer_ratios: per-layer overrides of ``ratio`` (applies to both unit kinds).
+        prune_attention: ``False`` keeps every attention unit (only MLP channels go).
     """
     n_layers = importance.num_layers
     protected = {p % n_layers for p in protected_layers}
@@ -178,7 +180,7 @@ def plan_for_ratio(
         if i in protected:
             r_a = r_m = 0.0
         else:
-            r_a = layer_ratios.get(i, ratio)
+            r_a = layer_ratios.get(i, ratio) if prune_attention else 0.0
             r_m = layer_ratios.get(i, ratio if mlp_ratio is None else mlp_ratio)
         keep_u[i] = n_keep(importance.attention[i].numel(), r_a)
         keep_c[i] = n_keep(importance.mlp[i].numel(), r_m)
@@ -191,6 +193,7 @@ def plan_for_original_ratio(
     original_units: Mapping[int, int],
     original_channels: Mapping[int, int],
     protected_layers: Sequence[int] = (),
+    prune_attention: bool = True,
 ) -> PruningPlan:
     """Like :func:`plan_for_ratio` but ``ratio`` is relative to the ORIGINAL (unpruned) layer sizes.
 
@@ -206,6 +209,6 @@ def plan_for_original_ratio(
         if i in protected:
             keep_u[i], keep_c[i] = cur_u, cur_c
         else:
-            keep_u[i] = min(cur_u, n_keep(int(original_units[i]), ratio))
+            keep_u[i] = min(cur_u, n_keep(int(original_units[i]), ratio)) if prune_attention else cur_u
             keep_c[i] = min(cur_c, n_keep(int(original_channels[i]), ratio))
     return plan_from_keep_counts(importance, keep_u, keep_c)

@@ -116,22 +116,25 @@ def plan_sparsity(plan: PruningPlan, model: nn.Module) -> float:
 
 
 def ratio_for_sparsity(
-    model: nn.Module, target: float, protected_layers: tuple[int, ...] | list[int] = ()
+    model: nn.Module,
+    target: float,
+    protected_layers: tuple[int, ...] | list[int] = (),
+    prune_attention: bool = True,
 ) -> float:
     """Uniform per-layer ratio (vs. ORIGINAL sizes) over unprotected layers that reaches ``target``.
 
-    Protected layers keep all their parameters, so the others must lose ``target * total / unprotected``;
-    the result is clipped to [0, 1].  Feed it to :func:`~fedspine_ray.pruning.plan.plan_for_original_ratio`.
+    Protected layers (and, with ``prune_attention=False``, all attention units) keep their parameters, so
+    the rest must lose ``target * total / free``; the result is clipped to [0, 1].  Feed it to
+    :func:`~fedspine_ray.pruning.plan.plan_for_original_ratio` with the same arguments.
     """
     pu = prunable_units(model)
     n = len(pu.attention_units)
     protected = {p % n for p in protected_layers}
-    per_layer = [
-        pu.original_attention_units[i] * pu.params_per_attention_unit[i]
-        + pu.original_mlp_channels[i] * pu.params_per_channel[i]
-        for i in range(n)
-    ]
-    free = sum(v for i, v in enumerate(per_layer) if i not in protected)
+    attention = [pu.original_attention_units[i] * pu.params_per_attention_unit[i] for i in range(n)]
+    mlp = [pu.original_mlp_channels[i] * pu.params_per_channel[i] for i in range(n)]
+    per_layer = [a + m for a, m in zip(attention, mlp, strict=True)]
+    removable = per_layer if prune_attention else mlp
+    free = sum(v for i, v in enumerate(removable) if i not in protected)
     if free == 0:
         return 0.0
     return min(1.0, max(0.0, target * sum(per_layer) / free))

@@ -210,13 +210,23 @@ def worker_devices(devices: Sequence[ClientDevice], sizes: dict[str, int]) -> li
 
 
 def resolve_placement(placement: str, devices: Sequence[ClientDevice], available: dict[str, float]) -> str:
-    """``auto`` becomes ``dedicated`` when the cluster can host one actor per client, else ``pooled``."""
+    """``auto`` becomes ``dedicated`` when the cluster can host one actor per client, else ``pooled``.
+
+    Hosting means both: the clients' Ray requests fit the cluster, and there is a whole CPU per client
+    process. Device profiles ask for fractions of a CPU to model slow hardware, so eight clients "fit" on
+    two cores by request while eight processes (each with its own model copy) only time-slice those cores
+    and multiply memory; a pool of a few workers then runs the same fits at least as fast in a fraction of
+    the memory (benchmarks/README.md, issue 8), with the same metrics.
+    """
     if placement in PLACEMENTS:
         return placement
+    cpus = available.get("CPU", 0)
     needed_cpus = sum(d.num_cpus for d in devices)
     needed_memory = sum(d.actor_options().get("memory", 0) for d in devices)
-    fits = needed_cpus <= available.get("CPU", 0) + 1e-9 and needed_memory <= available.get(
-        "memory", math.inf
+    fits = (
+        needed_cpus <= cpus + 1e-9
+        and needed_memory <= available.get("memory", math.inf)
+        and len(devices) <= math.floor(cpus + 1e-9)
     )
     return "dedicated" if fits else "pooled"
 

@@ -224,7 +224,10 @@ class LoRAStrategy(Strategy):
                 self._round_plans[ratio] = (lambda: self.ctx.global_model, {})
                 self._issued[(self.version, ratio)] = self.global_units
             else:
-                plan = plan_for_ratio(self.importance(), ratio, self.ctx.config.pruning.protected_layers)
+                cfg = self.ctx.config.pruning
+                plan = plan_for_ratio(
+                    self.importance(), ratio, cfg.protected_layers, prune_attention=cfg.prune_attention
+                )
                 index_map = linear_index_map(self.ctx.global_model, plan)
                 self._round_plans[ratio] = (lambda: extract_submodel(self.ctx.global_model, plan), index_map)
                 self._issued[(self.version, ratio)] = self.global_units.compose(plan)
@@ -300,7 +303,7 @@ class LoRAStrategy(Strategy):
             if importance is None:
                 batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
                 importance = self.ctx.backend.importance(model, cfg.importance, batches)
-            ratio = ratio_for_sparsity(model, target, cfg.protected_layers)
+            ratio = ratio_for_sparsity(model, target, cfg.protected_layers, cfg.prune_attention)
             units = prunable_units(model)
             return plan_for_original_ratio(
                 importance,
@@ -308,6 +311,7 @@ class LoRAStrategy(Strategy):
                 dict(enumerate(units.original_attention_units)),
                 dict(enumerate(units.original_mlp_channels)),
                 cfg.protected_layers,
+                cfg.prune_attention,
             )
 
         self.merge_and_prune(plan)
