@@ -10,6 +10,8 @@ from fedspine_ray.aggregation import (
     ClientLoRA,
     InvalidUpdateError,
     get_aggregator,
+    svd_factors,
+    svd_factors_of_product,
     validate_update,
 )
 
@@ -77,6 +79,23 @@ def test_flexlora_exact_when_rank_suffices():
     d = get_aggregator("flexlora").distribute({"q": (a, b)}, 2)["q"]
     assert d[0].shape == (2, IN)
     assert torch.linalg.matrix_norm(target - d[1] @ d[0]) == pytest.approx(float(s[2:].square().sum().sqrt()))
+
+
+@pytest.mark.parametrize(("out", "inner", "stacked"), [(48, 20, 12), (20, 48, 12), (6, 5, 16)])
+def test_svd_of_a_thin_product_equals_the_dense_svd(out, inner, stacked):
+    g = torch.Generator().manual_seed(out + stacked)
+    b = torch.randn(out, stacked, generator=g, dtype=torch.float64)
+    a = torch.randn(stacked, inner, generator=g, dtype=torch.float64)
+    delta = b @ a
+    for rank in (1, 3, 8):
+        a_dense, b_dense = svd_factors(delta, rank)
+        a_thin, b_thin, singular = svd_factors_of_product(b, a, rank)
+        assert a_thin.shape == (rank, inner) and b_thin.shape == (out, rank)
+        torch.testing.assert_close(b_thin @ a_thin, b_dense @ a_dense, atol=1e-9, rtol=1e-9)
+        k = min(rank, out, inner)
+        torch.testing.assert_close(singular[:k], torch.linalg.svdvals(delta)[:k])
+        # balanced split, as svd_factors: A A^T = B^T B = diag(top singular values)
+        torch.testing.assert_close(a_thin @ a_thin.T, b_thin.T @ b_thin, atol=1e-8, rtol=1e-8)
 
 
 def test_flexlora_distribute_keeps_init_when_delta_zero():

@@ -101,11 +101,14 @@ class LoRAStrategy(Strategy):
     def configure_round(self, rnd: int, client_ids: Sequence[int]) -> dict[int, ClientAssignment]:
         self._round_plans = {}
         assignments = {}
+        by_rank: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}  # distribute once per rank
         for cid in client_ids:
             ratio, rank, arm = self.choose(rnd, cid)
             start, local = self._device_side_split(ratio)
             build, index_map = self._submodel(start)
-            factors = lora_to_sub(self.aggregator.distribute(self.factors, rank), index_map)
+            if rank not in by_rank:
+                by_rank[rank] = self.aggregator.distribute(self.factors, rank)
+            factors = lora_to_sub(by_rank[rank], index_map)
             key = (self.version, start)
             assignments[cid] = ClientAssignment(
                 base_key=key,
