@@ -109,14 +109,31 @@ class _UCBBase:
         self.seed = int(seed)
         self._rng = np.random.default_rng(seed)
         self.t = 0  # number of updates so far
+        #: arm -> reward inferred for an arm never played (see :meth:`presume`)
+        self.presumed: dict[int, float] = {}
 
     def _stats(self) -> tuple[np.ndarray, np.ndarray, float]:
         """(effective counts N_i, effective reward sums S_i, n = log argument)."""
         raise NotImplementedError
 
+    def presume(self, arm: int, reward: float) -> None:
+        """Score ``arm``, while it has never been played, as if it had been played once for ``reward``.
+
+        For outcomes that follow from another arm's: a device that ran out of memory at one (ratio, rank)
+        would also run out at every larger sub-model and rank, so spending forced-exploration rounds on
+        them only repeats the failure. Once the arm is really played its own statistics take over.
+        """
+        self._check(arm, reward)
+        self.presumed[int(arm)] = float(reward)
+
     def indices(self) -> np.ndarray:
-        """UCB index ``S_i/N_i + c sqrt(log(n)/N_i)``; ``+inf`` for arms with ``N_i`` ~ 0."""
+        """UCB index ``S_i/N_i + c sqrt(log(n)/N_i)``; ``+inf`` for arms with ``N_i`` ~ 0 (unless presumed)."""
         counts, sums, n = self._stats()
+        if self.presumed:
+            counts, sums = counts.copy(), sums.copy()
+            for arm, reward in self.presumed.items():
+                if counts[arm] <= 1e-12:
+                    counts[arm], sums[arm] = 1.0, reward
         idx = np.full(self.num_arms, np.inf)
         seen = counts > 1e-12
         logn = math.log(max(n, 1.0 + 1e-12))
@@ -147,6 +164,7 @@ class _UCBBase:
             "seed": self.seed,
             "t": self.t,
             "rng": self._rng.bit_generator.state,
+            "presumed": {str(k): v for k, v in self.presumed.items()},
         }
 
     def _load_base(self, state: dict[str, Any]) -> None:
@@ -158,6 +176,7 @@ class _UCBBase:
         self.c = float(state["c"])
         self.seed = int(state["seed"])
         self.t = int(state["t"])
+        self.presumed = {int(k): float(v) for k, v in state.get("presumed", {}).items()}
         self._rng = np.random.default_rng()
         self._rng.bit_generator.state = state["rng"]
 
@@ -321,6 +340,21 @@ class DeviceBandits(PerDeviceLearners):
         """Feed back the reward of the arm (index or ``(ratio, rank)``) the device played."""
         idx = arm if isinstance(arm, (int, np.integer)) else self.arm_grid.index(arm)
         self._learner(device_id).update(int(idx), reward)
+
+    def out_of_memory(self, device_id: int, arm: int, reward: float) -> list[int]:
+        """The device ran out of memory at ``arm``: presume the same ``reward`` for every arm that needs at
+        least as much memory (pruning ratio no larger, rank no smaller) and was never played. Returns them.
+        """
+        ratio, rank = self.arm_grid[arm]
+        learner = self._learner(device_id)
+        larger = [
+            i
+            for i, (p, r) in enumerate(self.arm_grid.arms)
+            if i != arm and p <= ratio + 1e-9 and r >= rank
+        ]
+        for i in larger:
+            learner.presume(i, reward)
+        return larger
 
     def state_dict(self) -> dict[str, Any]:
         return {

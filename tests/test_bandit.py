@@ -123,6 +123,31 @@ def test_arm_grid_and_device_bandits():
     assert [db3.select(d) for d in range(3)] == [db.select(d) for d in range(3)]
 
 
+@pytest.mark.parametrize("name,kw", ALGOS)
+def test_out_of_memory_skips_exploring_arms_that_need_more_memory(name, kw):
+    grid = ArmGrid([0.0, 0.3, 0.6], [4, 8])
+    bandits = DeviceBandits(grid, num_devices=1, algorithm=name, seed=0, **kw)
+    oom = grid.index((0.3, 4))
+    bandits.update(0, oom, 0.0)
+    ruled_out = bandits.out_of_memory(0, oom, 0.0)
+    assert sorted(grid[i] for i in ruled_out) == [(0.0, 4), (0.0, 8), (0.3, 8)]
+    # forced exploration now visits only the arms that can fit: the two 0.6 arms, before any larger one
+    first = []
+    for _ in range(2):
+        arm = bandits.select_index(0)
+        first.append(grid[arm])
+        bandits.update(0, arm, 0.6)
+    assert sorted(first) == [(0.6, 4), (0.6, 8)]
+    # presumed outcomes survive a checkpoint
+    restored = DeviceBandits(grid, num_devices=1, algorithm=name, seed=5, **kw)
+    restored.load_state_dict(bandits.state_dict())
+    assert np.allclose(restored.learners[0].indices(), bandits.learners[0].indices())
+    # a presumed arm that gets played is scored by what it really returned
+    learner = bandits.learners[0]
+    learner.update(ruled_out[0], 1.0)
+    assert learner.indices()[ruled_out[0]] > learner.indices()[oom]
+
+
 def test_fedspine_reward():
     # on time, full progress -> 1
     assert fedspine_reward(completion_time=10, reference_time=10, loss_before=1, loss_after=0) == 1.0

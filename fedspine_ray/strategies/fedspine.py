@@ -131,6 +131,8 @@ class FedSpine(LoRAStrategy):
                 )
             else:
                 self.bandits.update(outcome.client_id, assignment.arm, reward)
+                if outcome.status == "oom":
+                    self.bandits.out_of_memory(outcome.client_id, assignment.arm, reward)
             outcome.extras["reward"] = reward
             for name, value in terms.get(outcome.client_id, {}).items():
                 outcome.extras[f"reward_{name}"] = value
