@@ -348,9 +348,7 @@ class DeviceBandits(PerDeviceLearners):
         ratio, rank = self.arm_grid[arm]
         learner = self._learner(device_id)
         larger = [
-            i
-            for i, (p, r) in enumerate(self.arm_grid.arms)
-            if i != arm and p <= ratio + 1e-9 and r >= rank
+            i for i, (p, r) in enumerate(self.arm_grid.arms) if i != arm and p <= ratio + 1e-9 and r >= rank
         ]
         for i in larger:
             learner.presume(i, reward)
