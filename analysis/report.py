@@ -15,9 +15,10 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -148,20 +149,24 @@ def _fmt(mean: float, low: float, high: float, digits: int = 3) -> str:
     return f"{mean:.{digits}g} [{low:.{digits}g}, {high:.{digits}g}]"
 
 
-def _tta_view(tta: pd.DataFrame) -> pd.DataFrame:
+def _by_target(frame: pd.DataFrame, cell: Callable[[Any], str]) -> pd.DataFrame:
+    """One row per variant, one ``to <target>`` column per target, each cell ``cell(row)``."""
     rows: dict[str, dict[str, str]] = {}
-    for r in tta.itertuples(index=False):
-        cell = f"{_fmt(r.time_s_mean, r.time_s_ci_low, r.time_s_ci_high)} ({r.reached}/{r.seeds})"
-        rows.setdefault(r.variant, {"variant": r.variant})[f"to {r.target:.4g}"] = cell
+    for r in frame.itertuples(index=False):
+        rows.setdefault(r.variant, {"variant": r.variant})[f"to {r.target:.4g}"] = cell(r)
     return pd.DataFrame(list(rows.values()))
+
+
+def _tta_view(tta: pd.DataFrame) -> pd.DataFrame:
+    return _by_target(
+        tta, lambda r: f"{_fmt(r.time_s_mean, r.time_s_ci_low, r.time_s_ci_high)} ({r.reached}/{r.seeds})"
+    )
 
 
 def _speed_view(speed: pd.DataFrame) -> pd.DataFrame:
-    rows: dict[str, dict[str, str]] = {}
-    for r in speed.itertuples(index=False):
-        cell = f"{_fmt(r.speedup, r.ci_low, r.ci_high)}x {r.verdict} ({r.pairs} pairs)"
-        rows.setdefault(r.variant, {"variant": r.variant})[f"to {r.target:.4g}"] = cell
-    return pd.DataFrame(list(rows.values()))
+    return _by_target(
+        speed, lambda r: f"{_fmt(r.speedup, r.ci_low, r.ci_high)}x {r.verdict} ({r.pairs} pairs)"
+    )
 
 
 def _accuracy_view(acc: pd.DataFrame) -> pd.DataFrame:

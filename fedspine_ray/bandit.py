@@ -315,6 +315,16 @@ class PerDeviceLearners:
             raise ValueError(f"device_id {device_id} out of range [0, {len(self.learners)})")
         return self.learners[device_id]
 
+    def _load_learners(self, states: Sequence[dict[str, Any]]) -> None:
+        """Restore every device's learner from a checkpoint taken with the same number of devices."""
+        if len(states) != len(self.learners):
+            raise ValueError(
+                f"{type(self).__name__}.load_state_dict: checkpoint has {len(states)} devices, "
+                f"this instance {len(self.learners)}"
+            )
+        for learner, state in zip(self.learners, states, strict=True):
+            learner.load_state_dict(state)
+
 
 class DeviceBandits(PerDeviceLearners):
     """A grid learner (``algorithm`` from :data:`BANDITS`) per device, over ``arm_grid``'s arms."""
@@ -371,13 +381,7 @@ class DeviceBandits(PerDeviceLearners):
             raise ValueError(
                 "DeviceBandits.load_state_dict: arm grid of the checkpoint differs from this one"
             )
-        if len(state["learners"]) != len(self.learners):
-            raise ValueError(
-                f"DeviceBandits.load_state_dict: checkpoint has {len(state['learners'])} devices, "
-                f"this instance {len(self.learners)}"
-            )
-        for lr, st in zip(self.learners, state["learners"], strict=True):
-            lr.load_state_dict(st)
+        self._load_learners(state["learners"])
         self.last_arm = {int(k): int(v) for k, v in state.get("last_arm", {}).items()}
 
 

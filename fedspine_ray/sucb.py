@@ -300,10 +300,4 @@ class DeviceSUCB(PerDeviceLearners):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["learners"]) != len(self.learners):
-            raise ValueError(
-                f"DeviceSUCB.load_state_dict: checkpoint has {len(state['learners'])} devices, "
-                f"this instance {len(self.learners)}"
-            )
-        for lr, st in zip(self.learners, state["learners"], strict=True):
-            lr.load_state_dict(st)
+        self._load_learners(state["learners"])

@@ -12,10 +12,12 @@ import torch
 pytest.importorskip("deepspeed")
 
 from fedspine_ray.config import config_from_dict  # noqa: E402
-from fedspine_ray.models import head_module_names, load_classifier, lora_targets  # noqa: E402
+from fedspine_ray.models import load_classifier  # noqa: E402
 from fedspine_ray.pruning import prunable_units  # noqa: E402
 from fedspine_ray.server_backend import DeepSpeedBackend, TorchBackend, build_backend  # noqa: E402
 from fedspine_ray.strategies import ServerContext, build_strategy  # noqa: E402
+
+from .test_strategies import make_context  # noqa: E402
 
 #: (zero_stage, offload): every combination the config accepts.
 SETTINGS = [(3, "none"), (3, "cpu"), (2, "none")]
@@ -77,27 +79,17 @@ def test_deepspeed_matches_torch_evaluation_and_importance(tiny_llama_dir, stage
     assert all(p.grad is None for p in model.parameters())
 
 
-def make_context(model_dir, backend) -> ServerContext:
-    raw = {
-        "model": {"path": str(model_dir)},
-        "clients": {"num_clients": 2},
-        "training": {"rounds": 1},
-        "method": {"name": "fedspine"},
-        "pruning": {"target_sparsity": 0.5, "importance": "taylor", "end_fraction": 1.0},
-        "bandit": {"pruning_ratios": [0.0, 0.5], "ranks": [4]},
-    }
-    config = config_from_dict(raw)
-    model = load_classifier(model_dir, num_labels=2, seed=0)
-    return ServerContext(
-        config=config,
-        global_model=model,
-        lora_targets=lora_targets(model, "auto"),
-        head_modules=head_module_names(model),
-        client_num_samples={0: 10, 1: 30},
-        calibration_batches=batches(seed=1),
-        client_capacity={0: 1.0, 1: 5.0},
+def fedspine_context(model_dir, backend) -> ServerContext:
+    """FedSpine pruning to 0.5 in one step, calibrated on this module's batches, on ``backend``."""
+    ctx, _ = make_context(
+        model_dir,
         backend=backend,
+        calibration_batches=batches(seed=1),
+        method={"name": "fedspine"},
+        pruning={"target_sparsity": 0.5, "importance": "taylor", "end_fraction": 1.0},
+        bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
     )
+    return ctx
 
 
 def test_same_seed_same_pruned_global_model_and_metrics(tiny_llama_dir):
@@ -105,7 +97,7 @@ def test_same_seed_same_pruned_global_model_and_metrics(tiny_llama_dir):
     strategy hooks, once per backend."""
     results = {}
     for name, backend in (("torch", TorchBackend()), ("deepspeed", deepspeed_backend(3, "none"))):
-        ctx = make_context(tiny_llama_dir, backend)
+        ctx = fedspine_context(tiny_llama_dir, backend)
         strategy = build_strategy("fedspine")
         strategy.setup(ctx)
         generator = torch.Generator().manual_seed(3)
@@ -121,7 +113,7 @@ def test_same_seed_same_pruned_global_model_and_metrics(tiny_llama_dir):
         results["torch"],
         results["deepspeed"],
     )
-    assert prunable_units(make_context(tiny_llama_dir, TorchBackend()).global_model).sparsity == 0.0
+    assert prunable_units(fedspine_context(tiny_llama_dir, TorchBackend()).global_model).sparsity == 0.0
     assert state.keys() == ref_state.keys()
     for key, value in ref_state.items():
         assert state[key].shape == value.shape, key  # the same units were pruned

@@ -12,7 +12,9 @@ from fedspine_ray.strategies import ServerContext, build_strategy
 from fedspine_ray.strategies.lora_base import rank_by_capacity
 
 
-def make_context(model_dir, **sections):
+def make_context(model_dir, backend=None, calibration_batches=None, **sections):
+    """A two-client server context on ``model_dir``; returns it with a random batch (the calibration batch
+    unless ``calibration_batches`` is given). ``backend`` defaults to the context's own (torch)."""
     raw = {"model": {"path": str(model_dir)}, "clients": {"num_clients": 2}, "training": {"rounds": 1}}
     raw.update(sections)
     config = config_from_dict(raw)
@@ -23,15 +25,17 @@ def make_context(model_dir, **sections):
         "attention_mask": torch.ones(8, 12, dtype=torch.long),
         "labels": torch.randint(0, 2, (8,)),
     }
-    return ServerContext(
+    ctx = ServerContext(
         config=config,
         global_model=model,
         lora_targets=lora_targets(model, "auto"),
         head_modules=head_module_names(model),
         client_num_samples={0: 10, 1: 30},
-        calibration_batches=[batch],
+        calibration_batches=[batch] if calibration_batches is None else calibration_batches,
         client_capacity={0: 1.0, 1: 5.0},
-    ), batch
+        **({} if backend is None else {"backend": backend}),
+    )
+    return ctx, batch
 
 
 @pytest.mark.parametrize(("prune_attention", "target"), [(True, 0.5), (False, 0.3)])
