@@ -30,12 +30,18 @@ def target_column(target: float) -> str:
 
 
 def run_summary(
-    rounds: pd.DataFrame, clients: pd.DataFrame, targets: Sequence[float], time_column: str = "sim_time_s"
+    rounds: pd.DataFrame,
+    clients: pd.DataFrame,
+    targets: Sequence[float],
+    time_column: str = "sim_time_s",
+    horizon_s: float | None = None,
 ) -> pd.DataFrame:
     """One row per run: variant, method, seed, time to each target, accuracy, sparsity, time and bytes.
 
     This is the machine-readable table of a comparison (report: summary.json / summary.parquet).
-    ``mean_round_<term>`` are the run's per-round time terms from :func:`round_breakdown`.
+    ``mean_round_<term>`` are the run's per-round time terms from :func:`round_breakdown`. With
+    ``horizon_s``, ``accuracy_at_horizon`` / ``sparsity_at_horizon`` are the run's accuracy and sparsity
+    after its last round that ended by then (:func:`common_horizon`).
     """
     per_round = round_breakdown(clients)
     rows = []
@@ -61,11 +67,25 @@ def run_summary(
         for target in targets:
             hit = frame.loc[frame["test_accuracy"] >= target, time_column]
             row[target_column(target)] = float(hit.iloc[0]) if len(hit) else math.nan
+        if horizon_s is not None:
+            done = frame[frame[time_column] <= horizon_s + 1e-9]
+            row["horizon_s"] = float(horizon_s)
+            row["accuracy_at_horizon"] = float(done["test_accuracy"].iloc[-1])
+            row["sparsity_at_horizon"] = float(done["sparsity"].iloc[-1]) if "sparsity" in done else 0.0
         mine = per_round[per_round["run"] == run] if not per_round.empty else per_round
         for term in ("round_s", *BREAKDOWN_TERMS):
             row[f"mean_round_{term}"] = float(mine[term].mean()) if len(mine) else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def common_horizon(rounds: pd.DataFrame, time_column: str = "sim_time_s") -> float:
+    """The simulated time every run reached: the shortest run's total.
+
+    Methods that prune or adapt finish their rounds in less simulated time, so their final accuracy is
+    reached earlier; comparing every run at this horizon gives each the same time budget.
+    """
+    return float(rounds.groupby("run")[time_column].max().min())
 
 
 def _seed(value: object) -> int:
@@ -198,7 +218,9 @@ def accuracy_table(
     for variant in variant_order(summary, order):
         frame = summary[summary["variant"] == variant]
         row = {"variant": variant, "seeds": len(frame)}
-        for column in ("final_sparsity", "final_accuracy", "best_accuracy", "sim_time_s", "bytes_total"):
+        columns = ["final_sparsity", "final_accuracy", "best_accuracy", "sim_time_s", "bytes_total"]
+        columns += [c for c in ("accuracy_at_horizon", "sparsity_at_horizon") if c in frame]
+        for column in columns:
             row.update(_interval_row(column, mean_interval(frame[column], confidence)))
         rows.append(row)
     return pd.DataFrame(rows)

@@ -102,7 +102,8 @@ def build_report(
     """Compute every table of the report from loaded runs (:func:`analysis.tables.load_runs`)."""
     probe = comparison.run_summary(rounds, clients, [])
     chosen = sorted(targets) if targets else comparison.default_targets(probe)
-    summary = comparison.run_summary(rounds, clients, chosen)
+    horizon = comparison.common_horizon(rounds)
+    summary = comparison.run_summary(rounds, clients, chosen, horizon_s=horizon)
     variants = set(summary["variant"])
     baselines = list(baselines or (["fedit"] if "fedit" in variants else []))
     missing = [b for b in baselines if b not in variants]
@@ -125,6 +126,12 @@ def build_report(
     acc = comparison.accuracy_table(summary, confidence, order)
     report.sections[f"Accuracy at equal sparsity: mean [{level} CI] over seeds"] = _accuracy_view(acc)
     report.notes.extend(_accuracy_notes(acc, focus))
+    report.sections[
+        f"Accuracy at equal simulated time ({horizon:.4g} s, the shortest run): mean [{level} CI] over seeds"
+    ] = _horizon_view(acc)
+    report.notes.extend(
+        _accuracy_notes(acc, focus, column="accuracy_at_horizon", label=f"at {horizon:.4g} s")
+    )
     report.breakdown = comparison.breakdown_by_variant(clients, summary, order)
     if not report.breakdown.empty:
         report.sections["Per-round time breakdown (simulated s per round, mean over rounds and seeds)"] = (
@@ -200,8 +207,22 @@ def _speed_notes(speed: pd.DataFrame, focus: str) -> list[str]:
     ]
 
 
-def _accuracy_notes(acc: pd.DataFrame, focus: str) -> list[str]:
-    """Where the focus variant's final-accuracy interval lies against each variant at about its sparsity."""
+def _horizon_view(acc: pd.DataFrame) -> pd.DataFrame:
+    view = pd.DataFrame({"variant": acc["variant"], "seeds": acc["seeds"]})
+    for column, label in (("sparsity_at_horizon", "sparsity"), ("accuracy_at_horizon", "accuracy")):
+        view[label] = [
+            _fmt(m, lo, hi)
+            for m, lo, hi in zip(
+                acc[f"{column}_mean"], acc[f"{column}_ci_low"], acc[f"{column}_ci_high"], strict=True
+            )
+        ]
+    return view
+
+
+def _accuracy_notes(
+    acc: pd.DataFrame, focus: str, column: str = "final_accuracy", label: str = "final"
+) -> list[str]:
+    """Where the focus variant's accuracy interval (``column``) lies against each variant's."""
     if focus not in set(acc["variant"]):
         return []
     rows = acc.set_index("variant")
@@ -209,20 +230,21 @@ def _accuracy_notes(acc: pd.DataFrame, focus: str) -> list[str]:
     def interval(variant: str) -> Interval:
         r = rows.loc[variant]
         return Interval(
-            r["final_accuracy_mean"],
-            r["final_accuracy_ci_low"],
-            r["final_accuracy_ci_high"],
+            r[f"{column}_mean"],
+            r[f"{column}_ci_low"],
+            r[f"{column}_ci_high"],
             int(r["seeds"]),
-            r["final_accuracy_std"],
+            r[f"{column}_std"],
         )
 
-    mine, sparsity = interval(focus), rows.loc[focus, "final_sparsity_mean"]
+    sparsity_column = "sparsity_at_horizon_mean" if column == "accuracy_at_horizon" else "final_sparsity_mean"
+    mine, sparsity = interval(focus), rows.loc[focus, sparsity_column]
     notes = []
     for variant in rows.index:
         if variant == focus:
             continue
         other = interval(variant)
-        other_sparsity = rows.loc[variant, "final_sparsity_mean"]
+        other_sparsity = rows.loc[variant, sparsity_column]
         equal = abs(other_sparsity - sparsity) <= 0.02
         if mine.overlaps(other):
             relation = "intervals overlap (not resolved)"
@@ -232,7 +254,7 @@ def _accuracy_notes(acc: pd.DataFrame, focus: str) -> list[str]:
             "at equal sparsity" if equal else f"not equal sparsity: {other_sparsity:.3g} vs {sparsity:.3g}"
         )
         notes.append(
-            f"final accuracy {focus} {mine.mean:.3f} vs {variant} {other.mean:.3f} ({where}): {relation}."
+            f"{label} accuracy {focus} {mine.mean:.3f} vs {variant} {other.mean:.3f} ({where}): {relation}."
         )
     return notes
 

@@ -140,13 +140,24 @@ class _UCBBase:
         idx[seen] = sums[seen] / counts[seen] + self.c * np.sqrt(logn / counts[seen])
         return idx
 
-    def select(self) -> int:
-        """Arm with the largest index; untried arms first (forced exploration); seeded tie-break."""
+    def select(self, allowed: np.ndarray | None = None) -> int:
+        """Arm with the largest index; untried arms first (forced exploration); seeded tie-break.
+
+        ``allowed`` (boolean per arm) restricts the choice, e.g. to the arms predicted not to delay the
+        round (fedspine_ray/cost_model.py); arms outside it are neither played nor force-explored.
+        """
         idx = self.indices()
+        if allowed is not None:
+            allowed = np.asarray(allowed, dtype=bool)
+            if allowed.shape != (self.num_arms,) or not allowed.any():
+                raise ValueError(
+                    f"allowed must be a boolean mask over {self.num_arms} arms with a True entry"
+                )
+            idx = np.where(allowed, idx, -np.inf)
         best = (
             np.flatnonzero(idx >= idx.max() - 1e-12)
             if np.isfinite(idx.max())
-            else np.flatnonzero(np.isinf(idx))
+            else np.flatnonzero(np.isposinf(idx))
         )
         return int(best[self._rng.integers(len(best))]) if len(best) > 1 else int(best[0])
 
@@ -299,21 +310,26 @@ class PerDeviceLearners:
     (:class:`DeviceBandits`) and continuous (``fedspine_ray.sucb.DeviceSUCB``) learners.
     """
 
-    def __init__(self, make: Any, num_devices: int, seed: int) -> None:
+    def __init__(self, make: Any, num_devices: int, seed: int, shared: bool = False) -> None:
         if num_devices < 1:
             raise ValueError(f"num_devices must be >= 1, got {num_devices}")
         self.seed = int(seed)
+        self.num_devices = int(num_devices)
+        #: One learner for all devices (``bandit.shared``): arms' learning value is pooled, while what is
+        #: device-specific (time, memory) is handled by the caller's per-device ``allowed`` arms.
+        self.shared = bool(shared)
         self.learners = [
-            make(int(np.random.SeedSequence([self.seed, d]).generate_state(1)[0])) for d in range(num_devices)
+            make(int(np.random.SeedSequence([self.seed, d]).generate_state(1)[0]))
+            for d in range(1 if shared else num_devices)
         ]
 
     def __len__(self) -> int:
-        return len(self.learners)
+        return self.num_devices
 
     def _learner(self, device_id: int) -> Any:
-        if not 0 <= device_id < len(self.learners):
-            raise ValueError(f"device_id {device_id} out of range [0, {len(self.learners)})")
-        return self.learners[device_id]
+        if not 0 <= device_id < self.num_devices:
+            raise ValueError(f"device_id {device_id} out of range [0, {self.num_devices})")
+        return self.learners[0 if self.shared else device_id]
 
     def _load_learners(self, states: Sequence[dict[str, Any]]) -> None:
         """Restore every device's learner from a checkpoint taken with the same number of devices."""
@@ -330,15 +346,24 @@ class DeviceBandits(PerDeviceLearners):
     """A grid learner (``algorithm`` from :data:`BANDITS`) per device, over ``arm_grid``'s arms."""
 
     def __init__(
-        self, arm_grid: ArmGrid, num_devices: int, algorithm: str = "discounted_ucb", seed: int = 0, **kw: Any
+        self,
+        arm_grid: ArmGrid,
+        num_devices: int,
+        algorithm: str = "discounted_ucb",
+        seed: int = 0,
+        shared: bool = False,
+        **kw: Any,
     ) -> None:
-        super().__init__(lambda s: make_bandit(algorithm, len(arm_grid), seed=s, **kw), num_devices, seed)
+        super().__init__(
+            lambda s: make_bandit(algorithm, len(arm_grid), seed=s, **kw), num_devices, seed, shared
+        )
         self.arm_grid = arm_grid
         self.algorithm = algorithm
         self.last_arm: dict[int, int] = {}
 
-    def select_index(self, device_id: int) -> int:
-        arm = self._learner(device_id).select()
+    def select_index(self, device_id: int, allowed: np.ndarray | None = None) -> int:
+        """Index of the arm ``device_id`` plays this round, among ``allowed`` arms if given."""
+        arm = self._learner(device_id).select(allowed)
         self.last_arm[device_id] = arm
         return arm
 

@@ -293,6 +293,11 @@ class BanditConfig:
     reward_weights: dict[str, float] = field(
         default_factory=lambda: {"loss": 0.15, "pruning": 0.1, "update": 0.15, "time": 0.6}
     )
+    # round-time model (fedspine_ray/cost_model.py): play only arms predicted not to delay the round
+    predict_time: bool = True
+    shared: bool = False
+    time_slack: float = 0.1
+    time_gamma: float = 0.7
 
     def validate(self, where: str) -> None:
         _require(len(self.pruning_ratios) >= 1, f"{where}.pruning_ratios", "needs at least one value")
@@ -305,6 +310,8 @@ class BanditConfig:
         _require(self.lipschitz >= 0, f"{where}.lipschitz", "must be >= 0")
         _require(self.bandwidth > 0, f"{where}.bandwidth", "must be > 0")
         _require(self.split_after > 0, f"{where}.split_after", "must be > 0")
+        _require(self.time_slack >= 0, f"{where}.time_slack", "must be >= 0 (e.g. 0.1)")
+        _require(0 < self.time_gamma <= 1, f"{where}.time_gamma", "must be in (0, 1]")
         terms = ("loss", "pruning", "update", "time")
         _require(
             set(self.reward_weights) <= set(terms) and all(w >= 0 for w in self.reward_weights.values()),

@@ -33,7 +33,7 @@ return / accept plain JSON-serialisable dicts. Formulas and defaults: ``docs/ban
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -176,14 +176,53 @@ class SmoothUCB:
         index = mean + self.c * np.sqrt(log_n / count) + self.lipschitz * geo[:, 2]
         return {cid: float(v) for cid, v in zip(leaves, index, strict=True)}
 
-    def select(self) -> tuple[float, int, int]:
-        """``(pruning_ratio, lora_rank, leaf id)`` to play: the leaf with the largest index, at its snapped centre."""
+    def select(
+        self, cost: Callable[[float, int], float] | None = None, budget: float = math.inf
+    ) -> tuple[float, int, int]:
+        """``(pruning_ratio, lora_rank, leaf id)`` to play: the leaf with the largest index, at its snapped centre.
+
+        With ``cost``, a leaf is played at its allowed point nearest the centre that costs at most
+        ``budget``, and leaves without such a point do not compete; when no point anywhere fits, the
+        cheapest point is played. FedSpine passes a device's predicted round time and the round's budget
+        (fedspine_ray/cost_model.py), so S-UCB refines only the part of the space that delays nobody.
+        """
         idx = self.indices()
+        points: dict[int, tuple[float, int]] = {}
+        if cost is not None:
+            for cid in idx:
+                point = self._point_within(cid, cost, budget)
+                if point is not None:
+                    points[cid] = point
+            if not points:
+                grid = [(p, r) for p in self.ratios for r in self.ranks]
+                ratio, rank = min(grid, key=lambda point: cost(*point))
+                return ratio, rank, self.cell_of(ratio, rank)
+            idx = {cid: idx[cid] for cid in points}
         best_value = max(idx.values())
         best = sorted(cid for cid, v in idx.items() if v >= best_value - 1e-12)
         cid = best[int(self._rng.integers(len(best)))] if len(best) > 1 else best[0]
+        ratio, rank = points[cid] if cost is not None else self._centre(cid)
+        return ratio, rank, cid
+
+    def _point_within(
+        self, cid: int, cost: Callable[[float, int], float], budget: float
+    ) -> tuple[float, int] | None:
+        """The leaf's allowed point nearest its centre with ``cost <= budget``, or None if it has none."""
+        i0, i1, j0, j1 = (int(x) for x in self.cells[cid][:4])
+        cu, cv, _, _, _ = self._geometry(self.cells[cid])
+        candidates = sorted(
+            ((i, j) for i in range(i0, i1) for j in range(j0, j1)),
+            key=lambda ij: ((self._u[ij[0]] - cu) ** 2 + (self._v[ij[1]] - cv) ** 2, ij),
+        )
+        for i, j in candidates:
+            if cost(self.ratios[i], self.ranks[j]) <= budget:
+                return self.ratios[i], self.ranks[j]
+        return None
+
+    def _centre(self, cid: int) -> tuple[float, int]:
+        """The allowed (ratio, rank) nearest a leaf's centre: the point the leaf is played at."""
         _, _, _, i, j = self._geometry(self.cells[cid])
-        return self.ratios[i], self.ranks[j], cid
+        return self.ratios[i], self.ranks[j]
 
     # ------------------------------------------------------------------ feedback
     def update(self, ratio: float, rank: int, reward: float, cell: int | None = None) -> None:
@@ -281,13 +320,21 @@ class DeviceSUCB(PerDeviceLearners):
     """One independent :class:`SmoothUCB` per device, seeded from ``SeedSequence([seed, d])``."""
 
     def __init__(
-        self, ratios: Sequence[float], ranks: Sequence[int], num_devices: int, seed: int = 0, **kw: Any
+        self,
+        ratios: Sequence[float],
+        ranks: Sequence[int],
+        num_devices: int,
+        seed: int = 0,
+        shared: bool = False,
+        **kw: Any,
     ) -> None:
-        super().__init__(lambda s: SmoothUCB(ratios, ranks, seed=s, **kw), num_devices, seed)
+        super().__init__(lambda s: SmoothUCB(ratios, ranks, seed=s, **kw), num_devices, seed, shared)
 
-    def select(self, device_id: int) -> tuple[float, int, int]:
-        """``(pruning_ratio, lora_rank, leaf id)`` for ``device_id`` this round."""
-        return self._learner(device_id).select()
+    def select(
+        self, device_id: int, cost: Callable[[float, int], float] | None = None, budget: float = math.inf
+    ) -> tuple[float, int, int]:
+        """``(pruning_ratio, lora_rank, leaf id)`` for ``device_id`` this round (see :meth:`SmoothUCB.select`)."""
+        return self._learner(device_id).select(cost, budget)
 
     def update(self, device_id: int, ratio: float, rank: int, reward: float, cell: int | None = None) -> None:
         self._learner(device_id).update(ratio, rank, reward, cell)

@@ -186,3 +186,65 @@ def test_validate_update_messages():
             ],
             2,
         )
+
+
+def _delta(factors, name="m"):
+    a, b = factors[name]
+    return (b.double() @ a.double()).float()
+
+
+def test_flexlora_coverage_is_flexlora_when_everyone_covers_everything():
+    torch.manual_seed(0)
+    updates = [
+        ClientLoRA({"m": (torch.randn(r, 6), torch.randn(5, r))}, n, client_id=i)
+        for i, (r, n) in enumerate([(2, 10), (4, 30)])
+    ]
+    plain = get_aggregator("flexlora").aggregate(updates, 6)
+    covered = get_aggregator("flexlora_coverage").aggregate(updates, 6)
+    assert torch.allclose(_delta(plain), _delta(covered), atol=1e-5)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_flexlora_coverage_counts_a_lacking_client_as_leaving_the_unit_unchanged(axis):
+    torch.manual_seed(1)
+    out_f, in_f = 6, 5
+    full = (torch.randn(3, in_f), torch.randn(out_f, 3))
+    kept = torch.tensor([True, False, True, True, False, True][: (out_f if axis == 0 else in_f)])
+    pruned_a, pruned_b = torch.randn(3, in_f), torch.randn(out_f, 3)
+    # the pruned client's sub-model lacked some rows (axis 0) or columns (axis 1): it sends zeros there
+    if axis == 0:
+        pruned_b = pruned_b * kept[:, None]
+        mask = (kept, None)
+    else:
+        pruned_a = pruned_a * kept[None, :]
+        mask = (None, kept)
+    updates = [
+        ClientLoRA({"m": full}, 10, client_id=0),
+        ClientLoRA({"m": (pruned_a, pruned_b)}, 30, mask={"m": mask}, client_id=1),
+    ]
+    previous = {"m": (torch.randn(3, in_f), torch.randn(out_f, 3))}
+    delta = _delta(get_aggregator("flexlora_coverage").aggregate(updates, 6, previous=previous))
+    d_full, d_pruned = full[1] @ full[0], pruned_b @ pruned_a
+    d_prev = previous["m"][1] @ previous["m"][0]
+    # where the pruned client lacked the unit it counts as returning the previous delta it was given
+    expected = torch.where(
+        kept[:, None] if axis == 0 else kept[None, :],
+        0.25 * d_full + 0.75 * d_pruned,
+        0.25 * d_full + 0.75 * d_prev,
+    )
+    assert torch.allclose(delta, expected, atol=1e-5)  # plain FlexLoRA would give 0.25 d_full off coverage
+    diluted = _delta(get_aggregator("flexlora").aggregate(updates, 6))
+    assert not torch.allclose(diluted, expected, atol=1e-3)
+
+
+def test_flexlora_coverage_keeps_the_previous_delta_where_nobody_trained():
+    torch.manual_seed(2)
+    kept = torch.tensor([True, True, False, False])
+    a, b = torch.randn(2, 3), torch.randn(4, 2) * kept[:, None]
+    previous = {"m": (torch.randn(4, 3), torch.randn(4, 4))}
+    result = get_aggregator("flexlora_coverage").aggregate(
+        [ClientLoRA({"m": (a, b)}, 5, mask={"m": (kept, None)})], 4, previous=previous
+    )
+    prev_delta = _delta(previous)
+    expected = torch.where(kept[:, None], b @ a, prev_delta)
+    assert torch.allclose(_delta(result), expected, atol=1e-5)

@@ -169,3 +169,22 @@ def test_fedspine_reward():
     )
     for t in (0.01, 0.1, 1.0, 7.0, 100.0, 1e5):
         assert 0.0 <= fedspine_reward(completion_time=t, reference_time=5, loss_before=1, loss_after=3) <= 1.0
+
+
+def test_shared_learner_pools_rewards_but_keeps_devices_in_range():
+    grid = ArmGrid([0.0, 0.5], [4, 8])
+    shared = DeviceBandits(grid, num_devices=3, seed=0, shared=True, gamma=1.0, c=0.01)
+    separate = DeviceBandits(grid, num_devices=3, seed=0, gamma=1.0, c=0.01)
+    for bandits in (shared, separate):
+        for arm in range(len(grid)):  # device 0 alone learns that arm 2 is best
+            bandits.update(0, arm, 0.9 if arm == 2 else 0.1)
+    assert shared.select_index(2) == 2  # device 2 never played, yet exploits what device 0 learned
+    assert separate.select_index(2) in range(len(grid)) and separate.learners[2].t == 0
+    assert len(shared) == 3 and len(shared.learners) == 1
+    allowed = np.array([True, True, False, False])
+    assert shared.select_index(1, allowed) in (0, 1)  # per-device constraints still apply
+    with pytest.raises(ValueError, match="out of range"):
+        shared.select_index(3)
+    restored = DeviceBandits(grid, num_devices=3, seed=5, shared=True)
+    restored.load_state_dict(shared.state_dict())
+    assert restored.select_index(0) == 2

@@ -60,6 +60,17 @@ def test_fedspine_prunes_for_weak_devices_and_records_arms(
     late = clients[clients["round"] >= 4]
     by_class = late.groupby("device_class")["pruning_ratio"].mean()
     assert by_class["slow_box"] > by_class["fast_box"], by_class
+    # round-time model (bandit.predict_time): unknown devices start at the cheapest arm; from round 2 the
+    # slow devices, which set the budget, never play the full model that would hold the round back
+    assert (clients.loc[clients["round"] == 1, "pruning_ratio"] == 0.5).all()
+    slow_later = clients[(clients["round"] >= 2) & (clients["device_class"] == "slow_box")]
+    assert (slow_later["pruning_ratio"] == 0.5).all()
+    assert rounds["time_budget_s"].iloc[2:].notna().all() and (rounds["time_budget_s"].iloc[2:] > 0).all()
+    budget = rounds.set_index("round")["time_budget_s"]
+    on_time = clients[clients["round"] >= 2].apply(
+        lambda row: row["sim_time_s"] <= 1.5 * budget[row["round"]], axis=1
+    )
+    assert on_time.all()  # predictions hold up to the profiles' 5 % fluctuation (+ slack)
     # a more-pruned sub-model really is smaller and cheaper per token
     ok = clients[clients["round"] == 1]
     small, big = ok.loc[ok["pruning_ratio"].idxmax()], ok.loc[ok["pruning_ratio"].idxmin()]

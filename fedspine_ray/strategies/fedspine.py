@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
+from fedspine_ray.adapters import tensor_bytes
 from fedspine_ray.bandit import (
     ArmGrid,
     DeviceBandits,
@@ -28,7 +30,9 @@ from fedspine_ray.bandit import (
     pruning_progress,
     timeliness,
 )
-from fedspine_ray.strategies.base import ClientOutcome, ServerContext
+from fedspine_ray.cost_model import ArmWork, DeviceTimeModel, round_budget
+from fedspine_ray.pruning import prunable_units
+from fedspine_ray.strategies.base import ClientAssignment, ClientOutcome, ServerContext
 from fedspine_ray.strategies.lora_base import LoRAStrategy
 from fedspine_ray.sucb import DeviceSUCB, allowed_ranks, allowed_ratios
 
@@ -54,6 +58,7 @@ class FedSpine(LoRAStrategy):
                 allowed_ranks(min(bandit.ranks), max(bandit.ranks)),
                 ctx.config.clients.num_clients,
                 seed=ctx.config.seed,
+                shared=bandit.shared,
                 gamma=bandit.gamma,
                 c=bandit.exploration,
                 lipschitz=bandit.lipschitz,
@@ -65,29 +70,200 @@ class FedSpine(LoRAStrategy):
             options.update({"gamma": bandit.gamma} if bandit.algorithm == "discounted_ucb" else {})
             options.update({"window": bandit.window} if bandit.algorithm == "sliding_window_ucb" else {})
             self.bandits = DeviceBandits(
-                self.arms, ctx.config.clients.num_clients, bandit.algorithm, seed=ctx.config.seed, **options
+                self.arms,
+                ctx.config.clients.num_clients,
+                bandit.algorithm,
+                seed=ctx.config.seed,
+                shared=bandit.shared,
+                **options,
             )
+        #: Per-device speeds learned from observed rounds (fedspine_ray/cost_model.py; bandit.predict_time).
+        self.time_model = DeviceTimeModel(bandit.time_gamma)
+        #: The base each device holds, as the server tracks it: what an arm would make it download.
+        self.held_base: dict[int, tuple[int, float]] = {}
+        #: Grid arms a device ran out of memory at, or would (larger sub-model and rank), with a shared learner.
+        self.memory_blocked: dict[int, set[int]] = {}
+        #: This round's selected clients, its time budget and the work of the arm each client plays.
+        self._round_clients: list[int] = []
+        self._budget: float | None = None
+        self._round_work: dict[int, ArmWork] = {}
+        self._base_work: dict[tuple[tuple[int, float] | None, float], tuple[float, float]] = {}
+        self._unit_costs_cache: tuple[int, dict[str, Any]] | None = None
         super().setup(ctx)
 
     def max_rank(self) -> int:
         return max(self.ctx.config.bandit.ranks)
 
+    def configure_round(self, rnd: int, client_ids: Sequence[int]) -> dict[int, ClientAssignment]:
+        self._round_clients, self._budget, self._round_work, self._base_work = list(client_ids), None, {}, {}
+        return super().configure_round(rnd, client_ids)
+
     def choose(self, rnd: int, client_id: int) -> tuple[float, int, int | None]:
-        """(ratio, rank, arm): the grid arm's index, or for S-UCB the id of the leaf cell played."""
+        """(ratio, rank, arm): the grid arm's index, or for S-UCB the id of the leaf cell played.
+
+        With ``bandit.predict_time`` the bandit chooses only among arms predicted to finish within the
+        round's budget (:meth:`round_budget`); a device never observed plays the cheapest arm (largest
+        ratio, smallest rank), so an unknown phone cannot hold the first round back with the full model.
+        """
+        predict = self.ctx.config.bandit.predict_time
+        known = predict and self.time_model.knows(client_id)
         if isinstance(self.bandits, DeviceSUCB):
-            ratio, rank, cell = self.bandits.select(client_id)
-            return float(ratio), int(rank), int(cell)
-        arm = self.bandits.select_index(client_id)
-        ratio, rank = self.arms[arm]
+            cost, budget = None, math.inf
+            if known:
+                cost, budget = (lambda p, r: self.predicted_time(client_id, p, r)), self.round_budget()
+            elif predict:
+                cost, budget = (lambda p, r: p * -1.0 + r * 1e-6), -math.inf  # cheapest leaf
+            ratio, rank, cell = self.bandits.select(client_id, cost, budget)
+            arm = int(cell)
+        else:
+            allowed = None
+            if predict:
+                allowed = np.zeros(len(self.arms), dtype=bool)
+                allowed[self.arms.index((max(self.arms.ratios), min(self.arms.ranks)))] = True
+                if known:
+                    budget = self.round_budget()
+                    allowed |= np.array(
+                        [self.predicted_time(client_id, p, r) <= budget for p, r in self.arms.arms]
+                    )
+            blocked = self.memory_blocked.get(client_id)
+            if blocked:
+                keep = np.ones(len(self.arms), dtype=bool) if allowed is None else allowed.copy()
+                keep[sorted(blocked)] = False
+                allowed = keep if keep.any() else allowed
+            arm = self.bandits.select_index(client_id, allowed)
+            ratio, rank = self.arms[arm]
+        if predict:
+            self._round_work[client_id] = self.arm_work(client_id, float(ratio), int(rank))
         return float(ratio), int(rank), arm
 
     def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
         rewards = self._reward_bandits(outcomes)
-        return {"mean_reward": float(np.mean(rewards)) if rewards else math.nan}
+        self._observe_times(outcomes)
+        metrics = {"mean_reward": float(np.mean(rewards)) if rewards else math.nan}
+        if self._budget is not None:
+            metrics["time_budget_s"] = self._budget
+        return metrics
+
+    # ------------------------------------------------------------------ round-time model
+    def round_budget(self) -> float:
+        """This round's budget: the slowest observed selected device at its cheapest arm, plus slack.
+
+        Under a deadline policy it never exceeds the deadline. ``inf`` while no device was observed.
+        """
+        if self._budget is None:
+            cfg = self.ctx.config
+            ratio, rank = max(cfg.bandit.pruning_ratios), min(cfg.bandit.ranks)
+            fastest = [
+                self.predicted_time(cid, ratio, rank)
+                for cid in self._round_clients
+                if self.time_model.knows(cid)
+            ]
+            budget = round_budget(fastest, cfg.bandit.time_slack)
+            if cfg.devices.round_policy == "deadline" and cfg.devices.deadline_s:
+                budget = min(budget, float(cfg.devices.deadline_s))
+            self._budget = budget
+        return self._budget
+
+    def predicted_time(self, client_id: int, ratio: float, rank: int) -> float:
+        """Predicted seconds of ``client_id``'s round at (ratio, rank); ``nan`` for an unobserved device."""
+        return self.time_model.predict(client_id, self.arm_work(client_id, ratio, rank))
+
+    def arm_work(self, client_id: int, ratio: float, rank: int) -> ArmWork:
+        """Compute and bytes the arm asks of this device now, from the sub-model's units and what it holds.
+
+        Compute is the sub-model's Linear parameters (training FLOPs per token are proportional). Down:
+        the units the device lacks, or the whole sub-model if it holds none, plus adapters and head; up:
+        adapters and head. Merges of earlier global prunes are low-rank and left out.
+        """
+        start, _ = self._device_side_split(ratio)
+        held_key = self.held_base.get(client_id)
+        cache_key = (held_key, start)
+        if cache_key not in self._base_work:
+            self._base_work[cache_key] = self._base_cost(held_key, start)
+        compute, base_bytes = self._base_work[cache_key]
+        costs = self._unit_costs()
+        adapters = rank * costs["adapter_bytes_per_rank"] + costs["head_bytes"]
+        return ArmWork(compute=compute, bytes_down=base_bytes + adapters, bytes_up=float(adapters))
+
+    def _base_cost(self, held_key: tuple[int, float] | None, ratio: float) -> tuple[float, float]:
+        """(compute, base bytes down) of the sub-model at ``ratio`` for a device holding ``held_key``."""
+        self._submodel(ratio)
+        plan = self._issued[(self.version, ratio)]
+        costs = self._unit_costs()
+        units = costs["units"]
+        per_unit = {"attention": units.params_per_attention_unit, "mlp": units.params_per_channel}
+        current = {"attention": units.attention_units, "mlp": units.mlp_channels}
+        removed = sum(
+            (current[kind][layer] - len(getattr(plan, kind)[layer])) * per_unit[kind][layer]
+            for layer in plan.layers
+            for kind in per_unit
+        )
+        held = self._issued.get(held_key) if held_key is not None else None  # type: ignore[arg-type]
+        if held is None:
+            base_params = costs["params"] - removed
+        else:
+            base_params = sum(
+                len(set(getattr(plan, kind)[layer]) - set(getattr(held, kind).get(layer, ())))
+                * per_unit[kind][layer]
+                for layer in plan.layers
+                for kind in per_unit
+            )
+        return float(costs["linear_params"] - removed), float(base_params * costs["element_bytes"])
+
+    def _unit_costs(self) -> dict[str, Any]:
+        """Unit counts and sizes of the current global model, computed once per global version."""
+        if self._unit_costs_cache is None or self._unit_costs_cache[0] != self.version:
+            model = self.ctx.global_model
+            linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+            targets = [
+                m
+                for n, m in linears.items()
+                if any(n == t or n.endswith("." + t) for t in self.ctx.lora_targets)
+            ]
+            element = next(model.parameters()).element_size()
+            self._unit_costs_cache = (
+                self.version,
+                {
+                    "units": prunable_units(model),
+                    "params": sum(p.numel() for p in model.parameters()),
+                    "linear_params": sum(m.weight.numel() for m in linears.values()),
+                    "element_bytes": element,
+                    "adapter_bytes_per_rank": sum(m.in_features + m.out_features for m in targets) * element,
+                    "head_bytes": tensor_bytes(self.head),
+                },
+            )
+        return self._unit_costs_cache[1]
+
+    def _observe_times(self, outcomes: Sequence[ClientOutcome]) -> None:
+        """Fold each finished device's measured phases into its speeds; track the base it now holds."""
+        for outcome in outcomes:
+            cid = outcome.client_id
+            if outcome.status == "actor_died":
+                self.held_base.pop(cid, None)
+                continue
+            if outcome.status != "oom":
+                self.held_base[cid] = outcome.assignment.base_key  # type: ignore[assignment]
+            work = self._round_work.get(cid)
+            compute_s = float(outcome.extras.get("sim_compute_s", math.nan))
+            if work is None or not math.isfinite(compute_s):
+                continue
+            measured = ArmWork(
+                work.compute,
+                float(outcome.extras.get("bytes_down", work.bytes_down)),
+                float(outcome.extras.get("bytes_up", work.bytes_up)),
+            )
+            self.time_model.observe(
+                cid,
+                measured,
+                compute_s,
+                float(outcome.extras.get("sim_download_s", math.nan)),
+                float(outcome.extras.get("sim_upload_s", math.nan)),
+            )
 
     # ------------------------------------------------------------------ bandit feedback
     def _reference_time(self, outcome: ClientOutcome, outcomes: Sequence[ClientOutcome]) -> float:
-        """The deadline, else the median completion time of the *other* clients this round.
+        """The deadline, else the round's time budget, else the median completion time of the *other*
+        clients this round.
 
         Leaving the device itself out matters: with a plain median, a slow device that is half the
         population moves the median with its own arm and sees no benefit from pruning.
@@ -95,6 +271,8 @@ class FedSpine(LoRAStrategy):
         devices = self.ctx.config.devices
         if devices.round_policy == "deadline" and devices.deadline_s:
             return float(devices.deadline_s)
+        if self._budget is not None and math.isfinite(self._budget):
+            return self._budget  # bandit.predict_time: finishing within the budget delayed nobody
         others = [
             o.sim_time_s
             for o in outcomes
@@ -131,7 +309,13 @@ class FedSpine(LoRAStrategy):
                 )
             else:
                 self.bandits.update(outcome.client_id, assignment.arm, reward)
-                if outcome.status == "oom":
+                if outcome.status == "oom" and self.bandits.shared:
+                    # a shared learner must not presume one device's failure for all: block it per device
+                    ratio, rank = self.arms[assignment.arm]
+                    self.memory_blocked.setdefault(outcome.client_id, set()).update(
+                        i for i, (p, r) in enumerate(self.arms.arms) if p <= ratio + 1e-9 and r >= rank
+                    )
+                elif outcome.status == "oom":
                     self.bandits.out_of_memory(outcome.client_id, assignment.arm, reward)
             outcome.extras["reward"] = reward
             for name, value in terms.get(outcome.client_id, {}).items():
