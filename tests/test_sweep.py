@@ -166,11 +166,26 @@ def test_paper_comparison_sweep_validates():
     spec = load_sweep(TUNE_CONFIGS / "paper_comparison.yaml")
     unpruned, pruned = {"fedit", "hetlora", "flexlora"}, {"fedit_pruned", "fixed_ratio", "random_arms"}
     ablations = {"fedspine_no_bandit", "fedspine_no_prune", "fedspine_no_rank"}
-    assert set(spec.variants) == unpruned | pruned | ablations | {"fedspine", "prune_then_tune"}
+    fedspine_settings = {"fedspine_no_time_model", "fedspine_grid"}  # method fedspine, other bandit settings
+    assert set(spec.variants) == unpruned | pruned | ablations | fedspine_settings | {
+        "fedspine",
+        "prune_then_tune",
+    }
     assert len(spec.search_space["seed"].values) >= 3
     configs = {name: spec.trial_config({"variant": name, "seed": 0}) for name in spec.variants}
-    assert {c.method.name for c in configs.values()} == set(spec.variants) - {"fedit_pruned"}
+    assert {c.method.name for c in configs.values()} == set(spec.variants) - {
+        "fedit_pruned"
+    } - fedspine_settings
     assert configs["fedit_pruned"].method.prune_global and configs["fedit"].method.prune_global is False
+    assert (
+        configs["fedspine"].bandit.predict_time and not configs["fedspine_no_time_model"].bandit.predict_time
+    )
+    assert (
+        configs["fedspine_grid"].bandit.algorithm == "discounted_ucb" != configs["fedspine"].bandit.algorithm
+    )
+    movies = load_sweep(TUNE_CONFIGS / "paper_comparison_movies.yaml")
+    assert set(movies.variants) == set(spec.variants)
+    assert movies.trial_config({"variant": "fedspine", "seed": 0}).data.source == "rotten_tomatoes"
     shipped = load_sweep(TUNE_CONFIGS / "fedspine_vs_baselines.yaml").base_config()  # fedspine.yaml
     for config in configs.values():  # the same population, data, rounds and sparsity target for everyone
         assert config.devices.mix == shipped.devices.mix and config.clients == shipped.clients
