@@ -176,20 +176,29 @@ def _speed_view(speed: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def _accuracy_view(acc: pd.DataFrame) -> pd.DataFrame:
+def _interval_view(acc: pd.DataFrame, columns: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    """Variant and seeds, then one ``mean [low, high]`` column per ``(column, label)`` of :func:`accuracy_table`."""
     view = pd.DataFrame({"variant": acc["variant"], "seeds": acc["seeds"]})
-    for column, label in (
-        ("final_sparsity", "final sparsity"),
-        ("final_accuracy", "final accuracy"),
-        ("best_accuracy", "best accuracy"),
-        ("sim_time_s", "total simulated s"),
-    ):
+    for column, label in columns:
         view[label] = [
             _fmt(m, lo, hi)
             for m, lo, hi in zip(
                 acc[f"{column}_mean"], acc[f"{column}_ci_low"], acc[f"{column}_ci_high"], strict=True
             )
         ]
+    return view
+
+
+def _accuracy_view(acc: pd.DataFrame) -> pd.DataFrame:
+    view = _interval_view(
+        acc,
+        (
+            ("final_sparsity", "final sparsity"),
+            ("final_accuracy", "final accuracy"),
+            ("best_accuracy", "best accuracy"),
+            ("sim_time_s", "total simulated s"),
+        ),
+    )
     view["MB moved"] = [f"{v / 1e6:.4g}" for v in acc["bytes_total_mean"]]
     return view
 
@@ -208,15 +217,7 @@ def _speed_notes(speed: pd.DataFrame, focus: str) -> list[str]:
 
 
 def _horizon_view(acc: pd.DataFrame) -> pd.DataFrame:
-    view = pd.DataFrame({"variant": acc["variant"], "seeds": acc["seeds"]})
-    for column, label in (("sparsity_at_horizon", "sparsity"), ("accuracy_at_horizon", "accuracy")):
-        view[label] = [
-            _fmt(m, lo, hi)
-            for m, lo, hi in zip(
-                acc[f"{column}_mean"], acc[f"{column}_ci_low"], acc[f"{column}_ci_high"], strict=True
-            )
-        ]
-    return view
+    return _interval_view(acc, (("sparsity_at_horizon", "sparsity"), ("accuracy_at_horizon", "accuracy")))
 
 
 def _accuracy_notes(

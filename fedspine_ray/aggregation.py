@@ -401,11 +401,7 @@ class CoverageFlexLoRAAggregator(FlexLoRAAggregator):
             pa, pb = prev[0].double(), prev[1].double()
             untouched = 1.0  # weight of the previous delta on coordinates every client covered
             for w, u in zip(weights, updates, strict=True):
-                mask = u.mask.get(name) if u.mask is not None else None
-                try:
-                    rows, cols = _coverage(mask, out_f, 0), _coverage(mask, in_f, 1)
-                except InvalidUpdateError as e:
-                    raise InvalidUpdateError(f"{_who(u.client_id)}, module {name!r}: {e}") from None
+                rows, cols = _module_coverage(u, name, out_f, in_f)
                 if bool(rows.all()) and bool(cols.all()):
                     untouched -= w
                 else:
@@ -416,6 +412,15 @@ class CoverageFlexLoRAAggregator(FlexLoRAAggregator):
                 as_.append(pa)
         a, b, _ = svd_factors_of_product(torch.cat(bs, 1), torch.cat(as_, 0), rank, dtype=a0.dtype)
         return a, b
+
+
+def _module_coverage(update: ClientLoRA, name: str, out_f: int, in_f: int) -> tuple[Tensor, Tensor]:
+    """(row, column) coverage of ``update``'s module ``name`` as 0/1 float64 vectors; errors name the client."""
+    mask = update.mask.get(name) if update.mask is not None else None
+    try:
+        return _coverage(mask, out_f, 0), _coverage(mask, in_f, 1)
+    except InvalidUpdateError as e:
+        raise InvalidUpdateError(f"{_who(update.client_id)}, module {name!r}: {e}") from None
 
 
 def _coverage(mask: ModuleMask | None, size: int, axis: int) -> Tensor:
@@ -458,12 +463,7 @@ class FedSpineAggregator(Aggregator):
         for u in updates:
             a, b = u.factors[name]
             r = a.shape[0]
-            mask = u.mask.get(name) if u.mask is not None else None
-            try:
-                rows = _coverage(mask, out_f, 0)
-                cols = _coverage(mask, in_f, 1)
-            except InvalidUpdateError as e:
-                raise InvalidUpdateError(f"{_who(u.client_id)}, module {name!r}: {e}") from None
+            rows, cols = _module_coverage(u, name, out_f, in_f)
             ca = cols.expand(r, in_f) * float(u.num_samples)
             cb = rows[:, None].expand(out_f, r) * float(u.num_samples)
             num_a[:r] += ca * a.double()

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedspine_ray.adapters import tensor_bytes
+from fedspine_ray.adapters import linear_shapes, tensor_bytes
 from fedspine_ray.bandit import (
     ArmGrid,
     DeviceBandits,
@@ -175,11 +175,10 @@ class FedSpine(LoRAStrategy):
         the units the device lacks, or the whole sub-model if it holds none, plus adapters and head; up:
         adapters and head. Merges of earlier global prunes are low-rank and left out.
         """
-        start, _ = self._device_side_split(ratio)
         held_key = self.held_base.get(client_id)
-        cache_key = (held_key, start)
+        cache_key = (held_key, ratio)
         if cache_key not in self._base_work:
-            self._base_work[cache_key] = self._base_cost(held_key, start)
+            self._base_work[cache_key] = self._base_cost(held_key, self._device_side_split(ratio)[0])
         compute, base_bytes = self._base_work[cache_key]
         costs = self._unit_costs()
         adapters = rank * costs["adapter_bytes_per_rank"] + costs["head_bytes"]
@@ -214,21 +213,17 @@ class FedSpine(LoRAStrategy):
         """Unit counts and sizes of the current global model, computed once per global version."""
         if self._unit_costs_cache is None or self._unit_costs_cache[0] != self.version:
             model = self.ctx.global_model
-            linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-            targets = [
-                m
-                for n, m in linears.items()
-                if any(n == t or n.endswith("." + t) for t in self.ctx.lora_targets)
-            ]
+            linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+            targets = linear_shapes(model, self.ctx.lora_targets).values()
             element = next(model.parameters()).element_size()
             self._unit_costs_cache = (
                 self.version,
                 {
                     "units": prunable_units(model),
                     "params": sum(p.numel() for p in model.parameters()),
-                    "linear_params": sum(m.weight.numel() for m in linears.values()),
+                    "linear_params": sum(m.weight.numel() for m in linears),
                     "element_bytes": element,
-                    "adapter_bytes_per_rank": sum(m.in_features + m.out_features for m in targets) * element,
+                    "adapter_bytes_per_rank": sum(out + in_ for out, in_ in targets) * element,
                     "head_bytes": tensor_bytes(self.head),
                 },
             )
