@@ -41,7 +41,7 @@ def run_summary(
     This is the machine-readable table of a comparison (report: summary.json / summary.parquet).
     ``mean_round_<term>`` are the run's per-round time terms from :func:`round_breakdown`. With
     ``horizon_s``, ``accuracy_at_horizon`` / ``sparsity_at_horizon`` are the run's accuracy and sparsity
-    after its last round that ended by then (:func:`common_horizon`).
+    after its last round that ended by then (:func:`common_horizon`); NaN for a run that ended before it.
     """
     per_round = round_breakdown(clients)
     rows = []
@@ -54,6 +54,7 @@ def run_summary(
             "seed": _seed(last.get("seed")),
             "rounds": int(last["round"]),
             "initial_accuracy": float(frame["test_accuracy"].iloc[0]),
+            "majority_accuracy": float(last.get("majority_accuracy", math.nan)),
             "final_accuracy": float(last["test_accuracy"]),
             "best_accuracy": float(frame["test_accuracy"].max()),
             "final_sparsity": float(last.get("sparsity", 0.0)),
@@ -69,9 +70,11 @@ def run_summary(
             row[target_column(target)] = float(hit.iloc[0]) if len(hit) else math.nan
         if horizon_s is not None:
             done = frame[frame[time_column] <= horizon_s + 1e-9]
+            reached = float(last[time_column]) >= horizon_s - 1e-9
             row["horizon_s"] = float(horizon_s)
-            row["accuracy_at_horizon"] = float(done["test_accuracy"].iloc[-1])
-            row["sparsity_at_horizon"] = float(done["sparsity"].iloc[-1]) if "sparsity" in done else 0.0
+            row["accuracy_at_horizon"] = float(done["test_accuracy"].iloc[-1]) if reached else math.nan
+            sparsity = float(done["sparsity"].iloc[-1]) if "sparsity" in done else 0.0
+            row["sparsity_at_horizon"] = sparsity if reached else math.nan
         mine = per_round[per_round["run"] == run] if not per_round.empty else per_round
         for term in ("round_s", *BREAKDOWN_TERMS):
             row[f"mean_round_{term}"] = float(mine[term].mean()) if len(mine) else math.nan
@@ -100,13 +103,16 @@ def default_targets(
 ) -> list[float]:
     """Targets every run reaches: ``fractions`` of the lowest best accuracy over runs, rounded down to 3 places.
 
-    Targets at or below the highest initial accuracy are dropped (every run would "reach" them at round 0,
-    which measures nothing); if that leaves none, the lowest best accuracy itself is the one target.
+    Targets at or below the highest initial accuracy or majority-class rate are dropped (every run would
+    "reach" them at round 0 or by answering one class, which measures nothing); if that leaves none, the
+    lowest best accuracy itself is the one target.
     """
     if summary.empty:
         return []
     floor = float(summary["best_accuracy"].min())
     start = float(summary["initial_accuracy"].max())
+    if "majority_accuracy" in summary and summary["majority_accuracy"].notna().any():
+        start = max(start, float(summary["majority_accuracy"].max()))
     targets = sorted({math.floor(f * floor * 1000 + 1e-6) / 1000 for f in fractions})  # 1e-6: 0.95*0.6
     kept = [t for t in targets if t > start]
     return kept or [math.floor(floor * 1000 + 1e-6) / 1000]
@@ -220,6 +226,8 @@ def accuracy_table(
         row = {"variant": variant, "seeds": len(frame)}
         columns = ["final_sparsity", "final_accuracy", "best_accuracy", "sim_time_s", "bytes_total"]
         columns += [c for c in ("accuracy_at_horizon", "sparsity_at_horizon") if c in frame]
+        if "accuracy_at_horizon" in frame:  # runs that ended before the horizon have NaN there
+            row["seeds_at_horizon"] = int(frame["accuracy_at_horizon"].notna().sum())
         for column in columns:
             row.update(_interval_row(column, mean_interval(frame[column], confidence)))
         rows.append(row)

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--confidence", type=float, default=0.95, help="interval level (Student t over seeds)"
     )
     parser.add_argument(
+        "--horizon",
+        type=float,
+        default=None,
+        help="simulated seconds of the equal-time accuracy table (default: the shortest run's total); runs "
+        "that ended before it count as not reaching it",
+    )
+    parser.add_argument(
         "--keep-short-runs",
         action="store_true",
         help="keep runs with fewer rounds than the longest (default: leave them out as failed or unfinished)",
@@ -77,13 +84,20 @@ class Report:
 def drop_short_runs(
     rounds: pd.DataFrame, clients: pd.DataFrame
 ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Leave out runs that stopped before the longest one's last round (a failed or unfinished trial).
+    """Leave out runs that stopped before their last round (a failed or unfinished trial).
 
+    A run is finished once it ran its ``planned_rounds`` (``training.rounds``) or spent its simulated-time
+    budget (``sim_time_budget_s``, ``training.max_sim_time_s``): faster methods run more rounds in the same
+    time. Without those columns (runs not loaded from directories) the longest run's last round counts.
     Why: a trial killed after round 0 would otherwise enter the comparison with its untrained accuracy,
     drag the default targets down and count as a seed. Returns the kept tables and the left-out run names.
     """
-    last = rounds.groupby("run")["round"].max()
-    short = sorted(last[last < last.max()].index)
+    ends = rounds.sort_values("round").groupby("run").last()
+    unknown = pd.Series(math.nan, ends.index)
+    planned = ends.get("planned_rounds", unknown).fillna(ends["round"].max())
+    budget = ends.get("sim_time_budget_s", unknown)
+    finished = (ends["round"] >= planned) | (ends["sim_time_s"] >= budget)
+    short = sorted(ends.index[~finished])
     if not short:
         return rounds, clients, []
     keep = ~rounds["run"].isin(short)
@@ -98,11 +112,17 @@ def build_report(
     baselines: Sequence[str] | None = None,
     focus: str = DEFAULT_FOCUS,
     confidence: float = 0.95,
+    horizon_s: float | None = None,
 ) -> Report:
-    """Compute every table of the report from loaded runs (:func:`analysis.tables.load_runs`)."""
+    """Compute every table of the report from loaded runs (:func:`analysis.tables.load_runs`).
+
+    ``horizon_s``: the time of the equal-time table; default :func:`analysis.comparison.common_horizon`.
+    """
     probe = comparison.run_summary(rounds, clients, [])
     chosen = sorted(targets) if targets else comparison.default_targets(probe)
-    horizon = comparison.common_horizon(rounds)
+    shortest = comparison.common_horizon(rounds)
+    horizon = shortest if horizon_s is None else horizon_s
+    which = "the shortest run" if horizon_s is None else "--horizon"
     summary = comparison.run_summary(rounds, clients, chosen, horizon_s=horizon)
     variants = set(summary["variant"])
     baselines = list(baselines or (["fedit"] if "fedit" in variants else []))
@@ -112,7 +132,10 @@ def build_report(
     order = [*baselines, focus]
     level = f"{confidence:.0%}"
     report = Report(chosen, baselines, summary)
+    report.notes.extend(_majority_notes(summary, chosen))
     runs_cols = ["run", "variant", "seed", "rounds", "final_accuracy", "best_accuracy", "final_sparsity"]
+    if "majority_accuracy" in summary and summary["majority_accuracy"].notna().any():
+        runs_cols.append("majority_accuracy")
     runs_cols += ["sim_time_s", "bytes_total", *(comparison.target_column(t) for t in chosen)]
     report.sections["Runs"] = summary[runs_cols]
     tta = comparison.time_to_target_table(summary, chosen, confidence, order)
@@ -127,7 +150,7 @@ def build_report(
     report.sections[f"Accuracy at equal sparsity: mean [{level} CI] over seeds"] = _accuracy_view(acc)
     report.notes.extend(_accuracy_notes(acc, focus))
     report.sections[
-        f"Accuracy at equal simulated time ({horizon:.4g} s, the shortest run): mean [{level} CI] over seeds"
+        f"Accuracy at equal simulated time ({horizon:.4g} s, {which}): mean [{level} CI] over seeds"
     ] = _horizon_view(acc)
     report.notes.extend(
         _accuracy_notes(acc, focus, column="accuracy_at_horizon", label=f"at {horizon:.4g} s")
@@ -217,7 +240,8 @@ def _speed_notes(speed: pd.DataFrame, focus: str) -> list[str]:
 
 
 def _horizon_view(acc: pd.DataFrame) -> pd.DataFrame:
-    return _interval_view(acc, (("sparsity_at_horizon", "sparsity"), ("accuracy_at_horizon", "accuracy")))
+    view = _interval_view(acc, (("sparsity_at_horizon", "sparsity"), ("accuracy_at_horizon", "accuracy")))
+    return view.assign(seeds=acc["seeds_at_horizon"])  # seeds whose run lasted until the horizon
 
 
 def _accuracy_notes(
@@ -242,9 +266,9 @@ def _accuracy_notes(
     mine, sparsity = interval(focus), rows.loc[focus, sparsity_column]
     notes = []
     for variant in rows.index:
-        if variant == focus:
-            continue
         other = interval(variant)
+        if variant == focus or math.isnan(mine.mean) or math.isnan(other.mean):
+            continue  # a variant whose runs all ended before --horizon has nothing to compare there
         other_sparsity = rows.loc[variant, sparsity_column]
         equal = abs(other_sparsity - sparsity) <= 0.02
         if mine.overlaps(other):
@@ -331,6 +355,21 @@ def render_markdown(report: Report, images: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _majority_notes(summary: pd.DataFrame, targets: Sequence[float]) -> list[str]:
+    """The test set's majority-class rate, and a warning for targets a one-class answer already meets."""
+    rates = summary.get("majority_accuracy", pd.Series(dtype=float)).dropna()
+    if rates.empty:
+        return []
+    high = float(rates.max())
+    span = f"{rates.min():.3g}" if rates.min() == high else f"{rates.min():.3g}-{high:.3g}"
+    notes = [f"Answering the majority class scores {span} on the test sets (per seed)."]
+    low = [t for t in targets if t <= high]
+    if low:
+        listed = ", ".join(f"{t:.4g}" for t in low)
+        notes.append(f"Target(s) {listed} are at or below that rate: reaching them measures nothing.")
+    return notes
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -342,7 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.keep_short_runs:
         rounds, clients, short = drop_short_runs(rounds, clients)
     try:
-        report = build_report(rounds, clients, args.target, args.baseline, args.focus, args.confidence)
+        report = build_report(
+            rounds, clients, args.target, args.baseline, args.focus, args.confidence, args.horizon
+        )
     except ValueError as exc:
         print(f"analysis.report: {exc}", file=sys.stderr)
         return 2

@@ -29,7 +29,8 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, p
     ``run`` is the directory name. ``variant`` (what comparisons group seeds by) is the sweep variant of
     trial.json; without one it is the method name, with ``_pruned`` appended when config.yaml sets
     ``method.prune_global: true`` (so dense and pruned FedIT are not pooled). ``seed`` comes from config.yaml
-    (-1 when absent). ``paths`` is a directory, a glob pattern (``"runs/*"``) or a list of either.
+    (-1 when absent), and so do ``planned_rounds`` (``training.rounds``) and ``sim_time_budget_s``
+    (``training.max_sim_time_s``), NaN when unknown or unset: what tells a finished run from a stopped one. ``paths`` is a directory, a glob pattern (``"runs/*"``) or a list of either.
     Directories without a rounds.parquet are skipped, so ``sweeps/x/runs/*`` works while trials start.
     """
     dirs = _run_dirs(paths)
@@ -41,7 +42,12 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, p
         frame = pd.read_parquet(directory / ROUNDS_FILE)
         method = str(frame["method"].iloc[0]) if "method" in frame and len(frame) else ""
         variant, seed = run_labels(directory, method)
-        rounds.append(frame.assign(run=name, variant=variant, seed=seed))
+        planned, budget = _run_limits(directory)
+        rounds.append(
+            frame.assign(
+                run=name, variant=variant, seed=seed, planned_rounds=planned, sim_time_budget_s=budget
+            )
+        )
         if (directory / CLIENTS_FILE).is_file():
             clients.append(
                 pd.read_parquet(directory / CLIENTS_FILE).assign(run=name, variant=variant, seed=seed)
@@ -65,6 +71,15 @@ def run_labels(directory: Path, method: str) -> tuple[str, int]:
         if (config.get("method") or {}).get("prune_global") is True and not variant.endswith("_pruned"):
             variant = f"{variant}_pruned"
     return str(variant), int(seed) if isinstance(seed, int) else -1
+
+
+def _run_limits(directory: Path) -> tuple[float, float]:
+    """``(training.rounds, training.max_sim_time_s)`` from the run's config.yaml, NaN when unknown."""
+    if not (directory / CONFIG_FILE).is_file():
+        return math.nan, math.nan
+    training = (yaml.safe_load((directory / CONFIG_FILE).read_text()) or {}).get("training") or {}
+    limits = (training.get("rounds"), training.get("max_sim_time_s"))
+    return tuple(float(v) if isinstance(v, (int, float)) else math.nan for v in limits)  # type: ignore[return-value]
 
 
 def _run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:

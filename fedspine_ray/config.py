@@ -192,7 +192,13 @@ class ClientsConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Federated schedule and local optimiser settings."""
+    """Federated schedule and local optimiser settings.
+
+    ``max_sim_time_s`` gives every method the same simulated-time budget instead of the same number of
+    rounds: the run stops after the first round whose simulated clock reaches it (``rounds`` stays a cap),
+    and the pruning schedule advances with simulated time instead of rounds. A method with faster rounds
+    then gets the extra rounds its speed buys, which is how time-to-accuracy comparisons are meant.
+    """
 
     rounds: int = 6
     local_steps: int = 8
@@ -200,9 +206,16 @@ class TrainingConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     eval_batch_size: int = 64
+    max_sim_time_s: float | None = None
 
     def validate(self, where: str) -> None:
         _require(1 <= self.rounds <= 100_000, f"{where}.rounds", "must be in [1, 100000]")
+        if self.max_sim_time_s is not None:
+            _require(
+                self.max_sim_time_s > 0,
+                f"{where}.max_sim_time_s",
+                "must be > 0 simulated seconds, or null (stop after `rounds` rounds)",
+            )
         _require(1 <= self.local_steps <= 100_000, f"{where}.local_steps", "must be >= 1")
         _require(1 <= self.batch_size <= 4096, f"{where}.batch_size", "must be in [1, 4096]")
         _require(0 < self.lr < 1, f"{where}.lr", "must be in (0, 1)")
@@ -254,6 +267,9 @@ class PruningConfig:
     local_smoothing: float = 0.8
     local_importance: Literal["activation", "lora_gradient"] = "activation"
     importance_smoothing: float = 0.5
+    #: False: merge the global adapter into the base at every global prune and restart it (B = 0).
+    #: True: prune the base as it is and keep the adapter's factors on the surviving units.
+    carry_adapters: bool = False
 
     def validate(self, where: str) -> None:
         _require(0 <= self.target_sparsity < 1, f"{where}.target_sparsity", "must be in [0, 1)")

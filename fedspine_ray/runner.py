@@ -126,6 +126,8 @@ def run_experiment(
         )
         with bar:
             for rnd in range(first_round, config.training.rounds + 1):
+                if _time_budget_spent(writer.round_rows, config):  # a resumed run that had already stopped
+                    break
                 report = ray.get(server.run_round.remote(rnd))
                 writer.add_round(report.round_row, report.client_rows)
                 if every and rnd > 0 and rnd % every == 0:  # after the rows, so a resume never lacks them
@@ -133,6 +135,13 @@ def run_experiment(
                 _show(report.round_row, bar, config.training.rounds, progress and not quiet)
                 if on_round is not None:
                     on_round(report.round_row)
+            if _time_budget_spent(writer.round_rows, config):
+                log.info(
+                    "%s: simulated time budget of %.1f s (training.max_sim_time_s) spent after round %d",
+                    config.name,
+                    config.training.max_sim_time_s,
+                    writer.round_rows[-1]["round"],
+                )
         ray.get(server.shutdown.remote())
     finally:
         ray.kill(server)
@@ -142,7 +151,7 @@ def run_experiment(
     summary = {
         "name": config.name,
         "method": config.method.name,
-        "rounds": config.training.rounds,
+        "rounds": int(rounds["round"].iloc[-1]),
         "initial_accuracy": float(rounds["test_accuracy"].iloc[0]),
         "final_accuracy": float(rounds["test_accuracy"].iloc[-1]),
         "best_accuracy": float(rounds["test_accuracy"].max()),
@@ -152,6 +161,12 @@ def run_experiment(
     }
     writer.write_summary(summary)
     return RunResult(output_dir, rounds, writer.clients(), summary)
+
+
+def _time_budget_spent(round_rows: list[dict[str, Any]], config: ExperimentConfig) -> bool:
+    """True once the last recorded round's simulated clock reached ``training.max_sim_time_s``."""
+    budget = config.training.max_sim_time_s
+    return budget is not None and bool(round_rows) and round_rows[-1]["sim_time_s"] >= budget
 
 
 def _show(row: dict[str, Any], bar: tqdm, total: int, use_bar: bool) -> None:

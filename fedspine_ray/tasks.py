@@ -309,6 +309,18 @@ class CausalLMTask(Task):
         return answer_loss(model, test, batch_size)[0], accuracy
 
 
+def majority_accuracy(test: TokenizedSplit) -> float:
+    """Accuracy of always answering the test set's most frequent class (NaN without classes).
+
+    Why: an accuracy at or below this rate says nothing learned; reports must not pick targets there
+    (analysis.comparison.default_targets), and a reader needs it to judge a curve that sits on it.
+    """
+    classes = test.class_labels if test.class_labels is not None else test.labels
+    if classes.ndim != 1 or len(classes) == 0:
+        return math.nan
+    return float(torch.bincount(classes.long()).max()) / len(classes)
+
+
 def perplexity(loss: float) -> float:
     """Perplexity of a mean per-token loss (in nats)."""
     return math.exp(min(loss, 50.0))

@@ -367,3 +367,70 @@ def test_comparison_report_writes_summary_plots_and_findings(seeded_runs, tmp_pa
     assert "WARNING fedspine: 1 client-round(s) ended as actor_died in run(s) trial-fedspine-1" in text
     for name in ("accuracy_by_variant.png", "time_breakdown.png", "arms_fedspine.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (out / name).stat().st_size > 5000
+
+
+def test_time_budget_runs_count_as_finished_and_short_ones_do_not(tmp_path):
+    """A run that spent its ``training.max_sim_time_s`` is finished with fewer or more rounds than others;
+    one stopped before its planned rounds and budget is left out."""
+    specs = {  # name: (rounds run, clock per round, training config)
+        "fedit": (3, 10.0, {"rounds": 3}),
+        "timed": (6, 4.0, {"rounds": 40, "max_sim_time_s": 24}),
+        "timed-died": (2, 4.0, {"rounds": 40, "max_sim_time_s": 24}),
+        "fedit-died": (2, 10.0, {"rounds": 3}),
+    }
+    for name, (n, step, training) in specs.items():
+        directory = write_run(
+            tmp_path / name,
+            round_rows("fedit", [0.4 + 0.05 * r for r in range(n + 1)], [step * r for r in range(n + 1)]),
+            [],
+        )
+        (directory / "config.yaml").write_text(yaml.safe_dump({"seed": 0, "training": training}))
+    rounds, clients = tables.load_runs(tmp_path / "*")
+    ends = rounds.groupby("run").last()
+    assert ends.loc["timed", "sim_time_budget_s"] == 24 and ends.loc["timed", "planned_rounds"] == 40
+    assert math.isnan(ends.loc["fedit", "sim_time_budget_s"])
+    kept, _, short = report.drop_short_runs(rounds, clients)
+    assert short == ["fedit-died", "timed-died"]
+    assert set(kept["run"]) == {"fedit", "timed"}
+    # without the config columns, the longest run's last round is the yardstick
+    _, _, short = report.drop_short_runs(
+        rounds.drop(columns=["planned_rounds", "sim_time_budget_s"]), clients
+    )
+    assert short == ["fedit", "fedit-died", "timed-died"]
+
+
+def test_targets_skip_the_majority_class_rate_and_the_report_says_so(seeded_runs):
+    rounds, clients = tables.load_runs(seeded_runs / "trial-*")
+    probe = comparison.run_summary(rounds, clients, [])
+    assert probe["majority_accuracy"].isna().all()  # runs written before the column existed
+    with_rate = comparison.run_summary(rounds.assign(majority_accuracy=0.56), clients, [])
+    assert (with_rate["majority_accuracy"] == 0.56).all()
+    # of the 0.54 / 0.57 / 0.6 defaults, 0.54 is what answering one class already scores
+    assert comparison.default_targets(with_rate) == [0.57, 0.6]
+    built = report.build_report(rounds.assign(majority_accuracy=0.56), clients, targets=[0.55, 0.6])
+    assert "Answering the majority class scores 0.56 on the test sets (per seed)." in built.notes
+    assert "Target(s) 0.55 are at or below that rate: reaching them measures nothing." in built.notes
+    assert "majority_accuracy" in next(iter(built.sections.values()))
+
+
+def test_accuracy_at_equal_time_default_and_chosen_horizon(seeded_runs):
+    rounds, clients = tables.load_runs(seeded_runs / "trial-*")
+    # the shortest run is fedspine seed 1 (18 s): every run's accuracy after its last round ending by then
+    assert comparison.common_horizon(rounds) == 18
+    built = report.build_report(rounds, clients, targets=[0.6])
+    summary = built.summary.set_index("run")
+    expected = {"fedit-0": 0.4, "fedit-1": 0.5, "fedit-2": 0.5, "fedspine-0": 0.6, "fedspine-1": 0.63}
+    for run, accuracy in expected.items():
+        assert summary.loc[f"trial-{run}", "accuracy_at_horizon"] == accuracy
+    # --horizon 25: fedspine seed 1 (18 s) and seed 2 (20 s) ended before it and count as not there
+    chosen = report.build_report(rounds, clients, targets=[0.6], horizon_s=25).summary.set_index("run")
+    assert math.isnan(chosen.loc["trial-fedspine-1", "accuracy_at_horizon"])
+    assert chosen.loc["trial-fedspine-0", "accuracy_at_horizon"] == 0.63
+    acc = comparison.accuracy_table(chosen.reset_index()).set_index("variant")
+    assert acc.loc["fedspine", "seeds_at_horizon"] == 1 and acc.loc["fedit", "seeds_at_horizon"] == 3
+    title = next(
+        t
+        for t in report.build_report(rounds, clients, [0.6], horizon_s=25).sections
+        if "equal simulated" in t
+    )
+    assert "25 s, --horizon" in title

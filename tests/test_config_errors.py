@@ -54,6 +54,7 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
     ("unknown-nested-field", "training: {epochs: 3}", [], "training.epochs"),
     ("wrong-type-int", "training: {rounds: three}", [], "training.rounds"),
     ("out-of-range-lr", "training: {lr: 5}", [], "training.lr"),
+    ("time-budget-not-positive", "training: {max_sim_time_s: 0}", [], "training.max_sim_time_s"),
     ("lora-rank-zero", "lora: {rank: 0}", [], "lora.rank"),
     ("literal-partition-kind", "partition: {kind: zipf}", [], "partition.kind"),
     (

@@ -28,18 +28,17 @@ PROFILES = {"slow_box": _box(5.0e9), "fast_box": _box(1.0e11)}  # written by con
 
 
 def fedspine_config(tiny_llama_dir, tiny_text_csv, out_dir, profiles_path, **overrides):
-    return tiny_config(
-        tiny_llama_dir,
-        tiny_text_csv,
-        out_dir,
-        clients={"num_clients": 4},
-        training={"rounds": 8, "local_steps": 4},
-        method={"name": "fedspine"},
-        pruning={"target_sparsity": 0.5, "importance": "taylor"},
-        bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4], "gamma": 0.95, "exploration": 0.1},
-        devices={"mix": {"slow_box": 0.5, "fast_box": 0.5}, "profiles_path": str(profiles_path)},
-        **overrides,
-    )
+    sections = {
+        "clients": {"num_clients": 4},
+        "training": {"rounds": 8, "local_steps": 4},
+        "method": {"name": "fedspine"},
+        "pruning": {"target_sparsity": 0.5, "importance": "taylor"},
+        "bandit": {"pruning_ratios": [0.0, 0.5], "ranks": [4], "gamma": 0.95, "exploration": 0.1},
+        "devices": {"mix": {"slow_box": 0.5, "fast_box": 0.5}, "profiles_path": str(profiles_path)},
+    }
+    for key, value in overrides.items():
+        sections[key] = {**sections.get(key, {}), **value}
+    return tiny_config(tiny_llama_dir, tiny_text_csv, out_dir, **sections)
 
 
 def test_fedspine_prunes_for_weak_devices_and_records_arms(
@@ -97,3 +96,32 @@ def test_heterogeneous_rank_baselines_run(
     assert ranks["slow_box"] == 2 and ranks["fast_box"] == 4  # rank by device capability
     assert (clients["pruning_ratio"] == 0).all() and (rounds["sparsity"] == 0).all()
     assert rounds["test_loss"].notna().all()
+
+
+def test_time_budget_stops_the_run_and_paces_pruning(
+    ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
+):
+    """``training.max_sim_time_s``: the run ends at the first round whose clock reaches the budget (before
+    the round cap) and the pruning schedule runs on simulated time, reaching the target by
+    ``end_fraction`` of the budget."""
+    budget = 0.5  # simulated s; a round of this population takes about 0.06 s
+    config = fedspine_config(
+        tiny_llama_dir,
+        tiny_text_csv,
+        tmp_path / "timed",
+        profiles_path,
+        training={"rounds": 40, "max_sim_time_s": budget},
+        pruning={"schedule": "linear"},
+    )
+    result = run_experiment(config, progress=False)
+    rounds, _ = read_run(tmp_path / "timed")
+    clock = rounds["sim_time_s"].to_numpy()
+    assert 3 <= len(rounds) - 1 < 40, clock  # stopped on time, not on the cap
+    assert clock[-1] >= budget > clock[-2]
+    assert result.summary["rounds"] == rounds["round"].iloc[-1]
+    # the linear schedule follows the clock, not the round count (which would prune until round 24 of 40)
+    scheduled = 0.5 * np.minimum(1.0, clock / (0.6 * budget))
+    # (within the tiny model's unit granularity; by rounds, round 5 would be at 0.5 * 5 / 24 = 0.1)
+    assert np.abs(rounds["sparsity"].to_numpy() - scheduled).max() < 0.1, rounds["sparsity"]
+    assert rounds["pruned_this_round"].sum() >= 3
+    assert (rounds["majority_accuracy"] > 0).all()

@@ -27,6 +27,7 @@ from fedspine_ray.pruning import (
     prunable_units,
     ratio_for_sparsity,
     sparsity,
+    sparsity_at_progress,
     sparsity_schedule,
 )
 
@@ -212,3 +213,17 @@ def test_flops_and_params_shrink() -> None:
     apply_plan(model, plan_for_ratio(compute_importance(model), 0.5))
     assert flops_per_token(model, 32) < 0.6 * dense_f
     assert count_parameters(model) < dense_p
+
+
+def test_sparsity_at_progress_is_the_schedule_on_a_fraction():
+    # the round-counted schedule is the same curve sampled at step / total_steps
+    for kind in ("linear", "cubic", "constant"):
+        for step in range(0, 12):
+            assert sparsity_at_progress(kind, 0.6, step / 10) == pytest.approx(
+                sparsity_schedule(kind, 0.6, step, 10)
+            )
+    assert sparsity_at_progress("linear", 0.6, 0.25) == pytest.approx(0.15)
+    assert sparsity_at_progress("cubic", 0.6, 0.5) == pytest.approx(0.6 * (1 - 0.5**3))
+    assert (
+        sparsity_at_progress("linear", 0.6, -1.0) == 0.0 and sparsity_at_progress("linear", 0.6, 7.0) == 0.6
+    )

@@ -122,3 +122,62 @@ def test_baselines_prune_globally_only_when_asked(tiny_llama_dir, prune_global):
         assert metrics["pruned_this_round"] == 1.0 and sparsity == pytest.approx(0.5, abs=0.05)
     else:
         assert "pruned_this_round" not in metrics and sparsity == 0.0
+
+
+def test_carried_adapters_survive_a_prune_exactly_and_devices_replay_nothing(tiny_llama_dir):
+    """``pruning.carry_adapters``: the pruned model computes what merge-then-prune computes (same plan,
+    scored with the adapter merged), but the adapter keeps its non-zero factors instead of restarting."""
+    models = {}
+    for carry in (False, True):
+        ctx, batch = make_context(
+            tiny_llama_dir,
+            method={"name": "fedspine"},
+            pruning={
+                "target_sparsity": 0.4,
+                "importance": "taylor",
+                "end_fraction": 1.0,
+                "carry_adapters": carry,
+            },
+            bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
+        )
+        strategy = build_strategy("fedspine")
+        strategy.setup(ctx)
+        build, _ = strategy._submodel(0.0)
+        held = copy.deepcopy(build())
+        generator = torch.Generator().manual_seed(1)
+        strategy.factors = {
+            k: (a, torch.randn(b.shape, generator=generator) * 0.05) for k, (a, b) in strategy.factors.items()
+        }
+        before = copy.deepcopy(strategy.factors)
+        assert strategy.global_prune_step(1)
+        models[carry] = (strategy, held, before)
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    merged, carried = models[False][0], models[True][0]
+    assert merged.global_units.attention == carried.global_units.attention  # the same plan
+    assert merged.global_units.mlp == carried.global_units.mlp
+    torch.testing.assert_close(
+        carried.evaluation_model()(**inputs).logits,
+        merged.evaluation_model()(**inputs).logits,
+        atol=1e-5,
+        rtol=1e-4,
+    )
+    assert all(float(b.abs().sum()) == 0 for _, b in merged.factors.values())  # restarted
+    assert all(float(b.abs().sum()) > 0 for _, b in carried.factors.values())  # kept, sliced to survivors
+    name, (a_before, _) = next(iter(models[True][2].items()))
+    assert carried.factors[name][0].shape[1] <= a_before.shape[1]
+    # a device holding the unpruned model derives the pruned one without any merge, exactly
+    strategy, held, _ = models[True]
+    strategy._round_plans = {}
+    build_new, _ = strategy._submodel(0.0)
+    derivation = strategy.derivation((0, 0.0), (1, 0.0))
+    assert derivation is not None and derivation.merges == []
+    from fedspine_ray.pruning import apply_plan
+
+    apply_plan(held, derivation.plan)
+    expected = build_new()
+    held.load_state_dict(
+        {k: v for k, v in expected.state_dict().items() if k.startswith("score.")}, strict=False
+    )
+    held.eval()
+    expected.eval()
+    torch.testing.assert_close(held(**inputs).logits, expected(**inputs).logits, atol=1e-5, rtol=1e-4)

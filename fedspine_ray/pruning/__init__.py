@@ -43,7 +43,7 @@ from .plan import (
     plan_from_keep_counts,
     relative_plan,
 )
-from .schedule import SCHEDULES, sparsity_schedule
+from .schedule import SCHEDULES, sparsity_at_progress, sparsity_schedule
 from .stats import (
     PrunableUnits,
     count_parameters,
@@ -95,5 +95,6 @@ __all__ = [
     "unit_slices",
     "shapes_summary",
     "sparsity",
+    "sparsity_at_progress",
     "sparsity_schedule",
 ]

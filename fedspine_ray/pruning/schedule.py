@@ -39,11 +39,21 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
 
 def sparsity_schedule(kind: str, target: float, step: int, total_steps: int, initial: float = 0.0) -> float:
     """Target sparsity after ``step`` (0-based count of completed pruning steps) of ``total_steps``."""
+    progress = 1.0 if total_steps <= 0 else step / total_steps
+    return sparsity_at_progress(kind, target, progress, initial)
+
+
+def sparsity_at_progress(kind: str, target: float, progress: float, initial: float = 0.0) -> float:
+    """Target sparsity once a fraction ``progress`` of the pruning phase has passed (clamped to [0, 1]).
+
+    The phase may be counted in rounds (:func:`sparsity_schedule`) or in simulated seconds
+    (``training.max_sim_time_s``); the shape is the same.
+    """
     try:
         shape = SCHEDULES[kind]
     except KeyError:
         raise ValueError(f"unknown sparsity schedule {kind!r}; known: {sorted(SCHEDULES)}") from None
     if not 0.0 <= target < 1.0:
         raise ValueError(f"target sparsity must be in [0, 1), got {target}")
-    t = 1.0 if total_steps <= 0 else min(max(step / total_steps, 0.0), 1.0)
+    t = min(max(progress, 0.0), 1.0)
     return initial + (target - initial) * shape(t)

@@ -45,7 +45,7 @@ from fedspine_ray.runtime.pool import (
 from fedspine_ray.runtime.transfer import static_tensor_names, strip_static
 from fedspine_ray.server_backend import build_backend
 from fedspine_ray.strategies import ClientAssignment, ClientOutcome, ServerContext, build_strategy
-from fedspine_ray.tasks import build_task
+from fedspine_ray.tasks import build_task, majority_accuracy
 
 log = logging.getLogger("fedspine_ray.server")
 #: Simulated-time breakdown of each client's round (DeviceTimer.close_round): download + compute + upload =
@@ -96,6 +96,7 @@ class FederatedServer:
         self.task = build_task(cfg)  # classification or causal_lm: data rendering, model kind, evaluation
         data = self.task.prepare(cfg, load_tokenizer(model_dir))
         train, self.test = data.train, data.test
+        self.majority_accuracy = majority_accuracy(self.test)
         self.global_model = self.task.load_model(model_dir, len(data.label_names), cfg.seed)
         parts = partition_indices(data.partition_labels, cfg.clients.num_clients, cfg.partition, cfg.seed)
         self.devices: list[ClientDevice] = build_client_devices(cfg)
@@ -114,6 +115,7 @@ class FederatedServer:
                 d.client_id: d.profile.flops_per_s if d.profile else d.num_cpus for d in self.devices
             },
             backend=build_backend(cfg.server),
+            sim_clock_s=lambda: self.sim_clock_s,
         )
         self.strategy = build_strategy(cfg.method.name)
         self.strategy.setup(self.ctx)
@@ -195,6 +197,7 @@ class FederatedServer:
             "train_loss": float(np.mean([o.loss_mean for o in usable])) if usable else math.nan,
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
+            "majority_accuracy": self.majority_accuracy,
             "bytes_down": int(sum(o.extras.get("bytes_down", 0) for o in outcomes)),
             "bytes_up": int(sum(o.extras.get("bytes_up", 0) for o in outcomes)),
             "num_selected": len(outcomes),
@@ -220,6 +223,7 @@ class FederatedServer:
             "train_loss": math.nan,
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
+            "majority_accuracy": self.majority_accuracy,
             "bytes_down": 0,
             "bytes_up": 0,
             "num_selected": 0,

@@ -35,6 +35,8 @@ class ServerContext:
     client_capacity: dict[int, float] = field(default_factory=dict)
     #: Runs the global model's evaluation passes and importance scoring (``server.backend``).
     backend: ServerBackend = field(default_factory=TorchBackend)
+    #: The run's simulated clock (seconds since round 1 began); time-based pruning schedules read it.
+    sim_clock_s: Callable[[], float] = field(default=lambda: 0.0)
 
 
 @dataclass

@@ -36,7 +36,7 @@ from fedspine_ray.pruning import (
     prunable_units,
     ratio_for_sparsity,
     relative_plan,
-    sparsity_schedule,
+    sparsity_at_progress,
     unit_slices,
 )
 from fedspine_ray.strategies.base import (
@@ -247,8 +247,10 @@ class LoRAStrategy(Strategy):
             return None
         index_map = linear_index_map(self.ctx.global_model, held, validate=False)
         held_version, target_version = held_key[0], target_key[0]  # type: ignore[index]
-        merges = [
-            lora_to_sub(self.merge_log[v], index_map) for v in range(held_version + 1, target_version + 1)
+        merges = [  # versions pruned with pruning.carry_adapters merged nothing
+            lora_to_sub(self.merge_log[v], index_map)
+            for v in range(held_version + 1, target_version + 1)
+            if v in self.merge_log
         ]
         plan = relative_plan(held, target)
         if plan is not None:
@@ -266,15 +268,30 @@ class LoRAStrategy(Strategy):
                 missing.setdefault(layer, {})[kind] = [in_global[u] for u in lacking]
         return Derivation(merges=merges, plan=plan, new_units=unit_slices(self.ctx.global_model, missing))
 
-    def merge_and_prune(self, plan_fn: Callable[[], PruningPlan]) -> None:
-        """Merge the global adapter into the base, prune the global model with ``plan_fn()``'s plan, and
-        log the merge in original coordinates so devices can replay it; fresh adapters follow."""
+    def merge_and_prune(self, plan_fn: Callable[[nn.Module], PruningPlan]) -> None:
+        """Prune the global model with the plan ``plan_fn`` draws from a model with the adapter merged.
+
+        By default the global adapter is merged into the base first and logged in original coordinates
+        (devices replay the merge), and fresh adapters follow: B = 0, so the next round's first local
+        steps move B only. With ``pruning.carry_adapters`` the base is pruned as it is and the adapter
+        keeps its factors on the surviving units instead; nothing is merged, so devices replay nothing.
+        """
         model = self.ctx.global_model
+        if self.ctx.config.pruning.carry_adapters:
+            plan = plan_fn(self.evaluation_model())  # score what the devices' model computes
+            carried = lora_to_sub(self.factors, linear_index_map(model, plan))
+            model.load_state_dict(self.head, strict=False)
+            apply_plan(model, plan)
+            self.global_units = self.global_units.compose(plan)
+            self.version += 1
+            self._importance = None
+            self.factors = carried
+            return
         index_map = linear_index_map(model, self.global_units, validate=False)
         merged = lora_to_global(self.factors, index_map, self.original_shapes)
         merge_lora_delta(model, self.factors)  # keep what LoRA learned before units disappear
         model.load_state_dict(self.head, strict=False)
-        plan = plan_fn()
+        plan = plan_fn(model)
         apply_plan(model, plan)
         self.global_units = self.global_units.compose(plan)
         self.version += 1
@@ -286,14 +303,30 @@ class LoRAStrategy(Strategy):
     def global_prune_step(self, rnd: int) -> bool:
         """Prune the global model to this round's scheduled sparsity (adapters merged first)."""
         cfg = self.ctx.config.pruning
-        if rnd > self.prune_rounds or rnd % cfg.prune_every != 0 or cfg.target_sparsity <= 0:
+        if rnd % cfg.prune_every != 0 or cfg.target_sparsity <= 0:
             return False
-        return self.prune_to(sparsity_schedule(cfg.schedule, cfg.target_sparsity, rnd, self.prune_rounds))
+        progress = self.pruning_progress(rnd)
+        if progress > 1.0 and self.pruning_progress(rnd - cfg.prune_every) >= 1.0:
+            return False  # the schedule ended at an earlier step
+        return self.prune_to(sparsity_at_progress(cfg.schedule, cfg.target_sparsity, progress))
+
+    def pruning_progress(self, rnd: int) -> float:
+        """How far the pruning phase (``pruning.end_fraction`` of the run) is after round ``rnd``.
+
+        In rounds by default; in simulated seconds when ``training.max_sim_time_s`` sets a time budget, so
+        a method whose rounds are short prunes over more rounds instead of reaching the target sparsity
+        early in its budget. Values above 1 mean the phase is over.
+        """
+        cfg = self.ctx.config
+        budget = cfg.training.max_sim_time_s
+        if budget is None:
+            return rnd / self.prune_rounds
+        return self.ctx.sim_clock_s() / (budget * cfg.pruning.end_fraction)
 
     def prune_to(self, target: float) -> bool:
-        """Merge adapters, then prune the global model to global sparsity ``target`` (no-op if already there).
+        """Prune the global model to global sparsity ``target`` (no-op if already there); see :meth:`merge_and_prune`.
 
-        Units are scored after the merge, on the model that will be pruned: by the devices' aggregated
+        Units are scored with the adapter merged, on the model the devices train: by the devices' aggregated
         scores when they reported some (``pruning.where: client``), else by ``pruning.importance``.
         """
         cfg = self.ctx.config.pruning
@@ -301,11 +334,11 @@ class LoRAStrategy(Strategy):
         if target <= prunable_units(model).sparsity + 1e-9:
             return False
 
-        def plan() -> PruningPlan:
+        def plan(scored: nn.Module) -> PruningPlan:
             importance = self._reported_importance()
             if importance is None:
                 batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
-                importance = self.ctx.backend.importance(model, cfg.importance, batches)
+                importance = self.ctx.backend.importance(scored, cfg.importance, batches)
             ratio = ratio_for_sparsity(model, target, cfg.protected_layers, cfg.prune_attention)
             units = prunable_units(model)
             return plan_for_original_ratio(
