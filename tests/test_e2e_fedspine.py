@@ -124,4 +124,8 @@ def test_time_budget_stops_the_run_and_paces_pruning(
     # (within the tiny model's unit granularity; by rounds, round 5 would be at 0.5 * 5 / 24 = 0.1)
     assert np.abs(rounds["sparsity"].to_numpy() - scheduled).max() < 0.1, rounds["sparsity"]
     assert rounds["pruned_this_round"].sum() >= 3
+    # the first round ending past 0.6 x budget prunes to the target itself, and nothing prunes after it
+    first_full = int(np.argmax(clock >= 0.6 * budget))
+    assert rounds["sparsity"].iloc[first_full] == pytest.approx(0.5, abs=0.01)
+    assert (rounds["pruned_this_round"].iloc[first_full + 1 :] == 0).all()
     assert (rounds["majority_accuracy"] > 0).all()

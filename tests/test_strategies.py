@@ -181,3 +181,20 @@ def test_carried_adapters_survive_a_prune_exactly_and_devices_replay_nothing(tin
     held.eval()
     expected.eval()
     torch.testing.assert_close(held(**inputs).logits, expected(**inputs).logits, atol=1e-5, rtol=1e-4)
+
+
+def test_schedule_reaches_the_target_even_when_prune_every_skips_its_last_round(tiny_llama_dir):
+    """rounds 5 x end_fraction 1, prune_every 2: rounds 2 and 4 prune part-way, round 6 (past the phase)
+    prunes to the target and ends the schedule; later rounds do nothing."""
+    ctx, _ = make_context(
+        tiny_llama_dir,
+        training={"rounds": 5},
+        method={"name": "fedit", "prune_global": True},
+        pruning={"target_sparsity": 0.5, "schedule": "linear", "end_fraction": 1.0, "prune_every": 2},
+    )
+    strategy = build_strategy("fedit")
+    strategy.setup(ctx)
+    done = {rnd: strategy.global_prune_step(rnd) for rnd in range(1, 9)}
+    assert [rnd for rnd, pruned in done.items() if pruned] == [2, 4, 6]
+    assert strategy.pruning_done and strategy.version == 3
+    assert prunable_units(ctx.global_model).sparsity == pytest.approx(0.5, abs=0.03)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -166,7 +167,8 @@ def test_paper_comparison_sweep_validates():
     spec = load_sweep(TUNE_CONFIGS / "paper_comparison.yaml")
     unpruned, pruned = {"fedit", "hetlora", "flexlora"}, {"fedit_pruned", "fixed_ratio", "random_arms"}
     ablations = {"fedspine_no_bandit", "fedspine_no_prune", "fedspine_no_rank"}
-    fedspine_settings = {"fedspine_no_time_model", "fedspine_grid"}  # method fedspine, other bandit settings
+    # method fedspine with other settings: bandit, or a simulated-time budget instead of 10 rounds
+    fedspine_settings = {"fedspine_no_time_model", "fedspine_grid", "fedspine_timed"}
     assert set(spec.variants) == unpruned | pruned | ablations | fedspine_settings | {
         "fedspine",
         "prune_then_tune",
@@ -187,6 +189,9 @@ def test_paper_comparison_sweep_validates():
     assert set(movies.variants) == set(spec.variants)
     assert movies.trial_config({"variant": "fedspine", "seed": 0}).data.source == "rotten_tomatoes"
     shipped = load_sweep(TUNE_CONFIGS / "fedspine_vs_baselines.yaml").base_config()  # fedspine.yaml
+    timed = configs.pop("fedspine_timed").training
+    assert (timed.max_sim_time_s, timed.rounds) == (120, 40)
+    assert dataclasses.replace(timed, max_sim_time_s=None, rounds=shipped.training.rounds) == shipped.training
     for config in configs.values():  # the same population, data, rounds and sparsity target for everyone
         assert config.devices.mix == shipped.devices.mix and config.clients == shipped.clients
         assert config.training == shipped.training and config.pruning == shipped.pruning

@@ -82,6 +82,7 @@ class LoRAStrategy(Strategy):
         prune = cfg.method.prune_global
         self.prune_global = self.prunes_globally if prune is None else prune
         self.prune_rounds = max(1, math.ceil(cfg.training.rounds * cfg.pruning.end_fraction))
+        self.pruning_done = False  # set by the step that reaches the schedule's end
         #: Devices' aggregated LoRA-gradient unit scores (``pruning.where: client``); empty until reported.
         self.device_importance = ImportanceTracker(cfg.pruning.importance_smoothing)
 
@@ -303,11 +304,10 @@ class LoRAStrategy(Strategy):
     def global_prune_step(self, rnd: int) -> bool:
         """Prune the global model to this round's scheduled sparsity (adapters merged first)."""
         cfg = self.ctx.config.pruning
-        if rnd % cfg.prune_every != 0 or cfg.target_sparsity <= 0:
+        if self.pruning_done or rnd % cfg.prune_every != 0 or cfg.target_sparsity <= 0:
             return False
         progress = self.pruning_progress(rnd)
-        if progress > 1.0 and self.pruning_progress(rnd - cfg.prune_every) >= 1.0:
-            return False  # the schedule ended at an earlier step
+        self.pruning_done = progress >= 1.0  # this step prunes to the target; later ones would only churn
         return self.prune_to(sparsity_at_progress(cfg.schedule, cfg.target_sparsity, progress))
 
     def pruning_progress(self, rnd: int) -> float:
