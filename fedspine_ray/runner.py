@@ -132,7 +132,7 @@ def run_experiment(
                 writer.add_round(report.round_row, report.client_rows)
                 if every and rnd > 0 and rnd % every == 0:  # after the rows, so a resume never lacks them
                     save_checkpoint(output_dir, ray.get(server.checkpoint_state.remote(rnd)))
-                _show(report.round_row, bar, config.training.rounds, progress and not quiet)
+                _show(report.round_row, bar, config, progress and not quiet)
                 if on_round is not None:
                     on_round(report.round_row)
             if _time_budget_spent(writer.round_rows, config):
@@ -169,10 +169,12 @@ def _time_budget_spent(round_rows: list[dict[str, Any]], config: ExperimentConfi
     return budget is not None and bool(round_rows) and round_rows[-1]["sim_time_s"] >= budget
 
 
-def _show(row: dict[str, Any], bar: tqdm, total: int, use_bar: bool) -> None:
+def _show(row: dict[str, Any], bar: tqdm, config: ExperimentConfig, use_bar: bool) -> None:
+    budget = config.training.max_sim_time_s
+    sim = f"sim={row['sim_time_s']:.1f}s" + ("" if budget is None else f"/{budget:g}s")
     text = (
-        f"round {row['round']}/{total} acc={row['test_accuracy']:.3f} test_loss={row['test_loss']:.3f} "
-        f"train_loss={row['train_loss']:.3f} sim={row['sim_time_s']:.1f}s wall={row['wall_time_s']:.0f}s"
+        f"round {row['round']}/{config.training.rounds} acc={row['test_accuracy']:.3f} "
+        f"test_loss={row['test_loss']:.3f} train_loss={row['train_loss']:.3f} {sim} wall={row['wall_time_s']:.0f}s"
     )
     if not use_bar:
         log.info(text)
