@@ -120,8 +120,7 @@ def build_report(
     """
     probe = comparison.run_summary(rounds, clients, [])
     chosen = sorted(targets) if targets else comparison.default_targets(probe)
-    shortest = comparison.common_horizon(rounds)
-    horizon = shortest if horizon_s is None else horizon_s
+    horizon = comparison.common_horizon(rounds) if horizon_s is None else horizon_s
     which = "the shortest run" if horizon_s is None else "--horizon"
     summary = comparison.run_summary(rounds, clients, chosen, horizon_s=horizon)
     variants = set(summary["variant"])

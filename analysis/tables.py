@@ -30,7 +30,8 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, p
     trial.json; without one it is the method name, with ``_pruned`` appended when config.yaml sets
     ``method.prune_global: true`` (so dense and pruned FedIT are not pooled). ``seed`` comes from config.yaml
     (-1 when absent), and so do ``planned_rounds`` (``training.rounds``) and ``sim_time_budget_s``
-    (``training.max_sim_time_s``), NaN when unknown or unset: what tells a finished run from a stopped one. ``paths`` is a directory, a glob pattern (``"runs/*"``) or a list of either.
+    (``training.max_sim_time_s``), NaN when unknown or unset: what tells a finished run from a stopped one.
+    ``paths`` is a directory, a glob pattern (``"runs/*"``) or a list of either.
     Directories without a rounds.parquet are skipped, so ``sweeps/x/runs/*`` works while trials start.
     """
     dirs = _run_dirs(paths)
@@ -41,8 +42,9 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, p
     for directory, name in zip(dirs, names, strict=True):
         frame = pd.read_parquet(directory / ROUNDS_FILE)
         method = str(frame["method"].iloc[0]) if "method" in frame and len(frame) else ""
-        variant, seed = run_labels(directory, method)
-        planned, budget = _run_limits(directory)
+        config = _run_config(directory)
+        variant, seed = run_labels(directory, method, config)
+        planned, budget = _run_limits(config)
         rounds.append(
             frame.assign(
                 run=name, variant=variant, seed=seed, planned_rounds=planned, sim_time_budget_s=budget
@@ -57,11 +59,19 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, p
     return _run_first(rounds_df), _run_first(clients_df)
 
 
-def run_labels(directory: Path, method: str) -> tuple[str, int]:
-    """``(variant, seed)`` of one run directory, from its trial.json and config.yaml (see :func:`load_runs`)."""
-    config: dict = {}
-    if (directory / CONFIG_FILE).is_file():
-        config = yaml.safe_load((directory / CONFIG_FILE).read_text()) or {}
+def _run_config(directory: Path) -> dict:
+    """The run's config.yaml as a dict (empty when absent)."""
+    if not (directory / CONFIG_FILE).is_file():
+        return {}
+    return yaml.safe_load((directory / CONFIG_FILE).read_text()) or {}
+
+
+def run_labels(directory: Path, method: str, config: dict | None = None) -> tuple[str, int]:
+    """``(variant, seed)`` of one run directory, from its trial.json and config.yaml (see :func:`load_runs`).
+
+    ``config``: the directory's config.yaml already read (:func:`load_runs` reads it once per run).
+    """
+    config = _run_config(directory) if config is None else config
     seed = config.get("seed", -1)
     variant = None
     if (directory / TRIAL_FILE).is_file():
@@ -73,11 +83,9 @@ def run_labels(directory: Path, method: str) -> tuple[str, int]:
     return str(variant), int(seed) if isinstance(seed, int) else -1
 
 
-def _run_limits(directory: Path) -> tuple[float, float]:
-    """``(training.rounds, training.max_sim_time_s)`` from the run's config.yaml, NaN when unknown."""
-    if not (directory / CONFIG_FILE).is_file():
-        return math.nan, math.nan
-    training = (yaml.safe_load((directory / CONFIG_FILE).read_text()) or {}).get("training") or {}
+def _run_limits(config: dict) -> tuple[float, float]:
+    """``(training.rounds, training.max_sim_time_s)`` of a run's config.yaml dict, NaN when unknown."""
+    training = config.get("training") or {}
     limits = (training.get("rounds"), training.get("max_sim_time_s"))
     return tuple(float(v) if isinstance(v, (int, float)) else math.nan for v in limits)  # type: ignore[return-value]
 

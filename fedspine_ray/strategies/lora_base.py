@@ -278,27 +278,26 @@ class LoRAStrategy(Strategy):
         keeps its factors on the surviving units instead; nothing is merged, so devices replay nothing.
         """
         model = self.ctx.global_model
+        model.load_state_dict(self.head, strict=False)
         if self.ctx.config.pruning.carry_adapters:
             plan = plan_fn(self.evaluation_model())  # score what the devices' model computes
-            carried = lora_to_sub(self.factors, linear_index_map(model, plan))
-            model.load_state_dict(self.head, strict=False)
-            apply_plan(model, plan)
-            self.global_units = self.global_units.compose(plan)
-            self.version += 1
-            self._importance = None
-            self.factors = carried
-            return
-        index_map = linear_index_map(model, self.global_units, validate=False)
-        merged = lora_to_global(self.factors, index_map, self.original_shapes)
-        merge_lora_delta(model, self.factors)  # keep what LoRA learned before units disappear
-        model.load_state_dict(self.head, strict=False)
-        plan = plan_fn(model)
+            next_factors = lora_to_sub(self.factors, linear_index_map(model, plan))
+        else:
+            index_map = linear_index_map(model, self.global_units, validate=False)
+            merged = lora_to_global(self.factors, index_map, self.original_shapes)
+            merge_lora_delta(model, self.factors)  # keep what LoRA learned before units disappear
+            plan = plan_fn(model)
+            self.merge_log[self.version + 1] = merged
+            next_factors = None  # fresh ones, seeded with the new version, once the model is pruned
         apply_plan(model, plan)
         self.global_units = self.global_units.compose(plan)
         self.version += 1
-        self.merge_log[self.version] = merged
         self._importance = None
-        self.factors = self._fresh_factors(seed=self.ctx.config.seed + self.version)
+        self.factors = (
+            self._fresh_factors(seed=self.ctx.config.seed + self.version)
+            if next_factors is None
+            else next_factors
+        )
 
     # ------------------------------------------------------------------ iterative global pruning
     def global_prune_step(self, rnd: int) -> bool:
