@@ -314,6 +314,9 @@ class BanditConfig:
     shared: bool = False
     time_slack: float = 0.1
     time_gamma: float = 0.7
+    # fill the round (beyond the paper): a device predicted to finish early trains more local steps
+    fill_budget: bool = False
+    fill_max_factor: float = 4.0
 
     def validate(self, where: str) -> None:
         _require(len(self.pruning_ratios) >= 1, f"{where}.pruning_ratios", "needs at least one value")
@@ -328,6 +331,12 @@ class BanditConfig:
         _require(self.split_after > 0, f"{where}.split_after", "must be > 0")
         _require(self.time_slack >= 0, f"{where}.time_slack", "must be >= 0 (e.g. 0.1)")
         _require(0 < self.time_gamma <= 1, f"{where}.time_gamma", "must be in (0, 1]")
+        _require(self.fill_max_factor >= 1, f"{where}.fill_max_factor", "must be >= 1 (e.g. 4)")
+        _require(
+            self.predict_time or not self.fill_budget,
+            f"{where}.fill_budget",
+            "needs the round-time model: set bandit.predict_time: true, or fill_budget: false",
+        )
         terms = ("loss", "pruning", "update", "time")
         _require(
             set(self.reward_weights) <= set(terms) and all(w >= 0 for w in self.reward_weights.values()),

@@ -55,6 +55,12 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
     ("wrong-type-int", "training: {rounds: three}", [], "training.rounds"),
     ("out-of-range-lr", "training: {lr: 5}", [], "training.lr"),
     ("time-budget-not-positive", "training: {max_sim_time_s: 0}", [], "training.max_sim_time_s"),
+    (
+        "fill-budget-without-time-model",
+        "bandit: {fill_budget: true, predict_time: false}",
+        [],
+        "bandit.fill_budget",
+    ),
     ("lora-rank-zero", "lora: {rank: 0}", [], "lora.rank"),
     ("literal-partition-kind", "partition: {kind: zipf}", [], "partition.kind"),
     (

@@ -178,3 +178,50 @@ def test_shared_learner_blocks_out_of_memory_arms_for_that_device_only(tiny_llam
         assert chosen[0].arm != big
         for cid, a in chosen.items():
             strategy.bandits.update(cid, a.arm, 0.5)
+
+
+@pytest.mark.parametrize("fast_rate", [1e-8, 2e-6])
+def test_fill_budget_gives_early_devices_the_steps_that_fit_before_the_slowest_ends(
+    tiny_llama_dir, fast_rate
+):
+    ctx, _ = make_context(
+        tiny_llama_dir,
+        method={"name": "fedspine"},
+        pruning={"target_sparsity": 0.0},
+        training={"rounds": 1, "local_steps": 6},
+        bandit={
+            "pruning_ratios": [0.0, 0.3, 0.6],
+            "ranks": [2, 4],
+            "time_slack": 0.1,
+            "fill_budget": True,
+            "fill_max_factor": 3.0,
+        },
+    )
+    strategy = build_strategy("fedspine")
+    strategy.setup(ctx)
+    first = strategy.configure_round(1, [0, 1])
+    assert all(a.local_steps is None for a in first.values())  # nothing observed yet: nothing to fill
+    for cid, rate in ((0, 1e-5), (1, fast_rate)):  # client 0 is the slowest
+        work = strategy.arm_work(cid, 0.6, 2)
+        strategy.time_model.observe(cid, work, *_phases(work, rate, rate / 100, rate / 100))
+        strategy.held_base[cid] = (strategy.version, 0.6)
+    speeds = {cid: strategy.time_model.rates(cid) for cid in (0, 1)}
+    assignments = strategy.configure_round(2, [0, 1])
+    end = strategy.round_budget() / 1.1  # the slowest device's predicted time at its cheapest arm
+    assert assignments[0].local_steps is None  # the slowest device keeps its steps
+    fast = assignments[1]
+    work = strategy.arm_work(1, fast.pruning_ratio, fast.rank)
+    per_compute, per_down, per_up = speeds[1]
+    transfer = work.bytes_down * per_down + work.bytes_up * per_up
+    expected = min(18, math.floor(6 * (end - transfer) / (work.compute * per_compute)))
+    assert fast.local_steps == expected and expected > 6
+    if fast_rate < 1e-6:
+        assert expected == 18  # a device 1,000x faster stops at fill_max_factor x local_steps
+    else:
+        assert expected < 18  # a device 5x faster fills the round, and no more
+    filled = strategy._round_work[1]  # what the time model will be told it did
+    assert filled.compute == pytest.approx(work.compute * expected / 6)
+    assert strategy.time_model.predict(1, filled) <= end + 1e-12
+    # observing the filled round at the same speed leaves the speed estimate where it was
+    strategy.time_model.observe(1, filled, *_phases(filled, fast_rate, fast_rate / 100, fast_rate / 100))
+    assert strategy.time_model.rates(1)[0] == pytest.approx(speeds[1][0])

@@ -129,3 +129,30 @@ def test_time_budget_stops_the_run_and_paces_pruning(
     assert rounds["sparsity"].iloc[first_full] == pytest.approx(0.5, abs=0.01)
     assert (rounds["pruned_this_round"].iloc[first_full + 1 :] == 0).all()
     assert (rounds["majority_accuracy"] > 0).all()
+
+
+def test_fill_budget_trains_fast_devices_longer_without_lengthening_rounds(
+    ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
+):
+    config = fedspine_config(
+        tiny_llama_dir,
+        tiny_text_csv,
+        tmp_path / "fill",
+        profiles_path,
+        training={"rounds": 4},
+        bandit={"fill_budget": True, "fill_max_factor": 3.0},
+    )
+    run_experiment(config, progress=False)
+    rounds, clients = read_run(tmp_path / "fill")
+    assert (clients["status"] == "ok").all()
+    first, later = clients[clients["round"] == 1], clients[clients["round"] >= 2]
+    assert (first["local_steps"] == 4).all()  # no device observed yet: nothing to predict a fill from
+    # the slow devices set the round's end and keep their steps; the fast ones, 20x faster, would wait
+    # most of the round and train up to fill_max_factor x local_steps instead
+    by_class = later.groupby("device_class")["local_steps"]
+    assert (by_class.max()["slow_box"], by_class.min()["fast_box"]) == (4, 12)
+    # the clock charges the extra steps: tokens per step are the same for every step of a client
+    per_step = clients["tokens_processed"] / clients["local_steps"]
+    assert (per_step.groupby(clients["client_id"]).nunique() == 1).all()
+    budget = rounds.set_index("round")["time_budget_s"]
+    assert (later["sim_time_s"] <= 1.5 * later["round"].map(budget)).all()

@@ -168,7 +168,7 @@ def test_paper_comparison_sweep_validates():
     unpruned, pruned = {"fedit", "hetlora", "flexlora"}, {"fedit_pruned", "fixed_ratio", "random_arms"}
     ablations = {"fedspine_no_bandit", "fedspine_no_prune", "fedspine_no_rank"}
     # method fedspine with other settings: bandit, or a simulated-time budget instead of 10 rounds
-    fedspine_settings = {"fedspine_no_time_model", "fedspine_grid", "fedspine_timed"}
+    fedspine_settings = {"fedspine_no_time_model", "fedspine_grid", "fedspine_timed", "fedspine_fill"}
     assert set(spec.variants) == unpruned | pruned | ablations | fedspine_settings | {
         "fedspine",
         "prune_then_tune",
@@ -191,6 +191,9 @@ def test_paper_comparison_sweep_validates():
     shipped = load_sweep(TUNE_CONFIGS / "fedspine_vs_baselines.yaml").base_config()  # fedspine.yaml
     timed = configs.pop("fedspine_timed").training
     assert (timed.max_sim_time_s, timed.rounds) == (120, 40)
+    fill = configs.pop("fedspine_fill")  # fedspine_timed plus local steps that fill the round
+    assert fill.training == timed and fill.bandit.fill_budget
+    assert not configs["fedspine"].bandit.fill_budget
     assert dataclasses.replace(timed, max_sim_time_s=None, rounds=shipped.training.rounds) == shipped.training
     for config in configs.values():  # the same population, data, rounds and sparsity target for everyone
         assert config.devices.mix == shipped.devices.mix and config.clients == shipped.clients

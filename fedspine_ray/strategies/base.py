@@ -83,6 +83,9 @@ class ClientAssignment:
     submodel_ratio: float | None = None
     #: Units the device removes during local training (None: no device-side pruning).
     local_pruning: LocalPruningTask | None = None
+    #: Optimiser steps this round (None: ``training.local_steps``); FedSpine's ``bandit.fill_budget``
+    #: raises it for devices that would otherwise wait on the round's slowest device.
+    local_steps: int | None = None
 
     @property
     def base_ratio(self) -> float:

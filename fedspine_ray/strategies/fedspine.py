@@ -14,6 +14,7 @@ completion time) or the earlier progress + timeliness one (``bandit.reward``; do
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -96,7 +97,42 @@ class FedSpine(LoRAStrategy):
 
     def configure_round(self, rnd: int, client_ids: Sequence[int]) -> dict[int, ClientAssignment]:
         self._round_clients, self._budget, self._round_work, self._base_work = list(client_ids), None, {}, {}
-        return super().configure_round(rnd, client_ids)
+        assignments = super().configure_round(rnd, client_ids)
+        if self.ctx.config.bandit.fill_budget:
+            self._fill_round(assignments)
+        return assignments
+
+    def _fill_round(self, assignments: dict[int, ClientAssignment]) -> None:
+        """Give devices predicted to finish early as many more local steps as fit before the round ends.
+
+        Under ``wait_all`` a round lasts as long as its slowest device at its cheapest arm (the budget
+        without slack); a faster device would spend the rest of it idle. Here its compute is stretched to
+        end at that time: ``steps = local_steps x (end - predicted transfer) / predicted compute``, at most
+        ``fill_max_factor`` x ``local_steps`` and never fewer than ``local_steps``. The slowest device keeps
+        its steps, so the round is not predicted to last longer. Its predicted work is scaled too, so the
+        time model goes on measuring the device's speed, not the extra steps. Beyond the paper (its devices
+        train a fixed number of iterations); ``bandit.fill_budget``, off by default.
+        """
+        cfg = self.ctx.config
+        budget = self.round_budget()
+        if not math.isfinite(budget):
+            return
+        end = budget / (1.0 + cfg.bandit.time_slack)
+        steps = cfg.training.local_steps
+        for cid, assignment in assignments.items():
+            work = self._round_work.get(cid)
+            if work is None or not self.time_model.knows(cid):
+                continue
+            per_compute, per_byte_down, per_byte_up = self.time_model.rates(cid)
+            compute_s = work.compute * per_compute
+            transfer_s = work.bytes_down * per_byte_down + work.bytes_up * per_byte_up
+            if compute_s <= 0:
+                continue
+            factor = min(cfg.bandit.fill_max_factor, (end - transfer_s) / compute_s)
+            filled = max(steps, math.floor(steps * factor))
+            if filled > steps:
+                assignments[cid] = dataclasses.replace(assignment, local_steps=filled)
+                self._round_work[cid] = ArmWork(work.compute * filled / steps, work.bytes_down, work.bytes_up)
 
     def choose(self, rnd: int, client_id: int) -> tuple[float, int, int | None]:
         """(ratio, rank, arm): the grid arm's index, or for S-UCB the id of the leaf cell played.
