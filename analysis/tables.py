@@ -193,7 +193,8 @@ def _ratio(numerator: float, denominator: float) -> float:
 
 
 def arm_usage(clients: pd.DataFrame, by: Sequence[str] = ("device_class",)) -> pd.DataFrame:
-    """Per device class (or any ``by`` columns): mean pruning ratio and LoRA rank, and client counts per status.
+    """Per device class (or any ``by`` columns): mean pruning ratio, LoRA rank and local steps (runs that
+    record them), and client counts per status.
 
     Shows what the bandit learned: weak classes should end up with higher pruning ratios / lower ranks.
     Status counts (``status_ok``, ``status_oom``, ``status_straggler``, ...) show what it cost to learn it.
@@ -202,10 +203,12 @@ def arm_usage(clients: pd.DataFrame, by: Sequence[str] = ("device_class",)) -> p
     if clients.empty:
         return pd.DataFrame(columns=[*by, "assignments", "mean_pruning_ratio", "mean_lora_rank"])
     grouped = clients.groupby(by, sort=True)
+    steps = {"mean_local_steps": ("local_steps", "mean")} if "local_steps" in clients else {}  # newer runs
     table = grouped.agg(
         assignments=("client_id", "size"),
         mean_pruning_ratio=("pruning_ratio", "mean"),
         mean_lora_rank=("lora_rank", "mean"),
+        **steps,
     )
     statuses = clients.pivot_table(
         index=by, columns="status", values="client_id", aggfunc="size", fill_value=0

@@ -50,6 +50,7 @@ def client_row(rnd: int, cid: int, device_class: str, status: str, ratio: float,
         "pruning_ratio": ratio,
         "lora_rank": rank,
         "arm": 0,
+        "local_steps": 4 + rank,  # any per-client value; arm_usage averages it
         "loss_first": 1.0,
         "loss_last": 0.8,
         "loss_mean": 0.9,
@@ -141,6 +142,7 @@ def test_arm_usage_per_device_class(runs):
     usage = tables.arm_usage(clients).set_index("device_class")
     assert usage.loc["jetson_nano", "mean_pruning_ratio"] == pytest.approx((0.25 + 0.5 + 0.5) / 3)
     assert usage.loc["jetson_nano", "mean_lora_rank"] == pytest.approx((4 + 2 + 2) / 3)
+    assert usage.loc["jetson_nano", "mean_local_steps"] == pytest.approx((8 + 6 + 6) / 3)
     assert usage.loc["jetson_nano", "status_oom"] == 1 and usage.loc["jetson_nano", "status_ok"] == 2
     assert usage.loc["agx_orin", "status_straggler"] == 1 and usage.loc["agx_orin", "assignments"] == 3
     by_run = tables.arm_usage(tables.load_runs(runs / "*")[1], by=("run", "device_class"))
