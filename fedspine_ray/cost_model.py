@@ -89,10 +89,18 @@ class DeviceTimeModel:
 
     def predict(self, device_id: int, work: ArmWork) -> float:
         """Predicted seconds of a round doing ``work`` (``nan`` for a device never observed)."""
+        compute_s, transfer_s = self.predict_phases(device_id, work)
+        return compute_s + transfer_s
+
+    def predict_phases(self, device_id: int, work: ArmWork) -> tuple[float, float]:
+        """Predicted ``(compute seconds, transfer seconds)`` of ``work``; ``nan`` for a device never observed.
+
+        Split because only the compute part grows with the number of local steps (``bandit.fill_budget``).
+        """
         if not self.knows(device_id):
-            return math.nan
+            return math.nan, math.nan
         compute, down, up = self.rates(device_id)
-        return work.compute * compute + work.bytes_down * down + work.bytes_up * up
+        return work.compute * compute, work.bytes_down * down + work.bytes_up * up
 
     def state_dict(self) -> dict[str, Any]:
         return {"gamma": self.gamma, "sums": {str(k): list(v) for k, v in self.sums.items()}}

@@ -87,6 +87,10 @@ class ClientAssignment:
     #: raises it for devices that would otherwise wait on the round's slowest device.
     local_steps: int | None = None
 
+    def steps(self, default: int) -> int:
+        """Optimiser steps this round: ``local_steps``, else ``default`` (``training.local_steps``)."""
+        return self.local_steps or default
+
     @property
     def base_ratio(self) -> float:
         return self.pruning_ratio if self.submodel_ratio is None else self.submodel_ratio

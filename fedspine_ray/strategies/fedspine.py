@@ -121,12 +121,10 @@ class FedSpine(LoRAStrategy):
         steps = cfg.training.local_steps
         for cid, assignment in assignments.items():
             work = self._round_work.get(cid)
-            if work is None or not self.time_model.knows(cid):
+            if work is None:
                 continue
-            per_compute, per_byte_down, per_byte_up = self.time_model.rates(cid)
-            compute_s = work.compute * per_compute
-            transfer_s = work.bytes_down * per_byte_down + work.bytes_up * per_byte_up
-            if compute_s <= 0:
+            compute_s, transfer_s = self.time_model.predict_phases(cid, work)
+            if not compute_s > 0:  # never observed (nan) or no compute to stretch
                 continue
             factor = min(cfg.bandit.fill_max_factor, (end - transfer_s) / compute_s)
             filled = max(steps, math.floor(steps * factor))
