@@ -125,9 +125,15 @@ def test_same_seed_same_pruned_global_model_and_metrics(tiny_llama_dir):
 
 
 @pytest.mark.slow
-def test_ray_run_with_deepspeed_server_matches_torch(ray_session, tiny_llama_dir, tiny_text_csv, tmp_path):
+def test_ray_run_with_deepspeed_server_matches_torch(
+    ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
+):
     """A real federated FedSpine run through Ray actors: the server actor runs ZeRO-3, same per-round
-    metrics as the plain-torch server with the same seed."""
+    metrics as the plain-torch server with the same seed.
+
+    The clients get device profiles so round times come from the cost model: without them a round's
+    simulated time is its measured wall time, the bandit's reward follows it, and two runs may pick
+    different arms whatever the backend (the flake CI hit)."""
     from fedspine_ray.results import read_run
     from fedspine_ray.runner import run_experiment
 
@@ -144,6 +150,7 @@ def test_ray_run_with_deepspeed_server_matches_torch(ray_session, tiny_llama_dir
             method={"name": "fedspine"},
             pruning={"target_sparsity": 0.5, "importance": "taylor", "end_fraction": 1.0},
             bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
+            devices={"mix": {"slow_box": 0.5, "fast_box": 0.5}, "profiles_path": str(profiles_path)},
             server={"backend": backend, "zero_stage": 3},
         )
         run_experiment(config, progress=False)
