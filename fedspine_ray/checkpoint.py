@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +30,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedspine_ray.config import ConfigError, ExperimentConfig, load_config
-from fedspine_ray.results import CONFIG_FILE
+from fedspine_ray.checkpoint_files import (  # the file side of checkpoints
+    CHECKPOINT_FILE,
+    CheckpointError,
+    checkpoint_bytes,
+    write_checkpoint_file,
+)
 
-CHECKPOINT_FILE = "checkpoint.pt"
-CHECKPOINT_INFO_FILE = "checkpoint.json"
 #: Bumped when the layout of the state changes; a checkpoint with another version is refused.
 CHECKPOINT_FORMAT = 1
-
-
-class CheckpointError(RuntimeError):
-    """A run directory has no usable checkpoint; the message names the file and the fix."""
 
 
 def rng_states() -> dict[str, Any]:
@@ -136,38 +131,26 @@ def restore_clients(clients: dict[int, dict[str, Any]], shared: dict[str, Any]) 
             owner._buffers[name] = tensor
 
 
-def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` (from ``FederatedServer.checkpoint_state``) atomically to ``run_dir/checkpoint.pt``."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def encode_checkpoint(state: dict[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    """``state`` (from ``FederatedServer.checkpoint_state``) as the bytes of a checkpoint file, with the
+    checkpoint.json facts (round, bytes saved by deduplication). Runs in the server actor."""
     state = {**state, "format": CHECKPOINT_FORMAT}
     clients = state.get("clients", {})
     state["shared_tensors"] = deduplicate_clients(state.get("global_model"), clients)
     shared = sum(pool_bytes(state["shared_tensors"], ref) for ref in state["shared_tensors"]["refs"])
-    path = run_dir / CHECKPOINT_FILE
-    _atomic_fsync_write(path, lambda handle: torch.save(state, handle))
-    info = {"round": int(state["round"]), "bytes": path.stat().st_size, "bytes_deduplicated": shared}
-    _atomic_fsync_write(
-        run_dir / CHECKPOINT_INFO_FILE, lambda handle: handle.write(json.dumps(info).encode())
-    )
-    return path
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue(), {"round": int(state["round"]), "bytes_deduplicated": shared}
+
+
+def save_checkpoint(run_dir: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically to ``run_dir/checkpoint.pt`` (encode and write in one process)."""
+    return write_checkpoint_file(run_dir, *encode_checkpoint(state))
 
 
 def load_checkpoint(run_dir: str | Path) -> dict[str, Any]:
     """Load ``run_dir/checkpoint.pt``; :class:`CheckpointError` names the fix when there is none."""
     return decode_checkpoint(checkpoint_bytes(run_dir), str(Path(run_dir) / CHECKPOINT_FILE))
-
-
-def checkpoint_bytes(run_dir: str | Path) -> bytes:
-    """The raw checkpoint file; the launching process ships these bytes to the server actor, which decodes
-    them itself (Ray would hand it read-only NumPy arrays, e.g. the bandits' statistics, otherwise)."""
-    path = Path(run_dir) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise CheckpointError(
-            f"{path}: no checkpoint to resume from; fix: run with runtime.checkpoint_every >= 1 (e.g. --set "
-            "runtime.checkpoint_every=1) so a run writes one, and pass the run's output directory"
-        )
-    return path.read_bytes()
 
 
 def decode_checkpoint(data: bytes, source: str = CHECKPOINT_FILE) -> dict[str, Any]:
@@ -186,54 +169,3 @@ def decode_checkpoint(data: bytes, source: str = CHECKPOINT_FILE) -> dict[str, A
 def pool_bytes(shared: dict[str, Any], ref: tuple[int, str, str, str, int]) -> int:
     tensor = shared["pool"][ref[-1]]
     return tensor.numel() * tensor.element_size()
-
-
-def checkpoint_round(run_dir: str | Path) -> int | None:
-    """The round the checkpoint in ``run_dir`` holds (from checkpoint.json), or None without one."""
-    path = Path(run_dir) / CHECKPOINT_INFO_FILE
-    if not path.is_file() or not (Path(run_dir) / CHECKPOINT_FILE).is_file():
-        return None
-    return int(json.loads(path.read_text())["round"])
-
-
-def _atomic_fsync_write(path: Path, write: Any) -> None:
-    """Write through ``write(handle)`` to a temporary file, fsync it, rename it onto ``path``, fsync the dir."""
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def resume_config(
-    run_dir: str | Path, config_path: str | None, overrides: dict[str, Any]
-) -> ExperimentConfig:
-    """The config of the run in ``run_dir`` (its config.yaml, ``overrides`` applied, output_dir = run_dir).
-
-    Raises :class:`ConfigError` (the CLI exits 2 before Ray starts) when there is nothing to resume.
-    ``--set`` overrides are applied, but anything besides ``runtime.*`` makes the continuation differ
-    from the run that was interrupted.
-    """
-    run_dir = Path(run_dir)
-    if config_path is not None:
-        raise ConfigError(
-            f"--resume: the config comes from {run_dir / CONFIG_FILE}; fix: drop the CONFIG argument "
-            "(use --set to change runtime settings)"
-        )
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise ConfigError(f"--resume: {run_dir} holds no {CONFIG_FILE}; fix: pass a run's output directory")
-    if not (run_dir / CHECKPOINT_FILE).is_file():
-        raise ConfigError(
-            f"--resume: {run_dir} holds no {CHECKPOINT_FILE}; fix: run with --set runtime.checkpoint_every=1 "
-            "(or N) so runs write checkpoints"
-        )
-    return load_config(run_dir / CONFIG_FILE, {**overrides, "output_dir": str(run_dir)})

@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "output_dir", None):
             overrides["output_dir"] = args.output_dir
         if getattr(args, "resume", None):
-            from fedspine_ray.checkpoint import resume_config
+            from fedspine_ray.checkpoint_files import resume_config
 
             config = resume_config(args.resume, args.config, overrides)
         else:

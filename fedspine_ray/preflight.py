@@ -28,24 +28,24 @@ def check_inputs(config: ExperimentConfig) -> None:
 def check_model_path(spec: str) -> None:
     """``model.path`` names a local Hugging Face directory or a GGUF file (without converting the GGUF:
     that costs ~25 s and happens once in the server)."""
-    from fedspine_ray.models import GGUF_SUFFIX, ModelPathError, locate_model_file, resolve_model_path
+    from fedspine_ray.model_paths import (
+        GGUF_SUFFIX,
+        ModelPathError,
+        locate_model_file,
+        require_gguf_file,
+        require_hf_dir,
+    )
 
     try:
         path = locate_model_file(spec)
-        if path.suffix.lower() == GGUF_SUFFIX:
-            if not path.is_file():
-                raise ConfigError(
-                    f"model.path: GGUF file {str(path)!r} not found; fix: point model.path at an existing "
-                    ".gguf file or a local model directory"
-                )
-            if importlib.util.find_spec("gguf") is None:
-                raise ConfigError(
-                    "model.path: reading a .gguf file needs the gguf package; fix: pip install gguf"
-                )
+        if path.suffix.lower() != GGUF_SUFFIX:
+            require_hf_dir(path)
             return
-        resolve_model_path(spec)
+        require_gguf_file(path)
     except ModelPathError as exc:
         raise ConfigError(_one_line(str(exc), "model.path")) from None
+    if importlib.util.find_spec("gguf") is None:
+        raise ConfigError("model.path: reading a .gguf file needs the gguf package; fix: pip install gguf")
 
 
 def check_data(config: ExperimentConfig) -> None:

@@ -19,6 +19,7 @@ import ray
 from tqdm.auto import tqdm
 
 from fedspine_ray.config import ExperimentConfig
+from fedspine_ray.devices import local_custom_resources
 from fedspine_ray.preflight import check_inputs
 from fedspine_ray.results import ResultsWriter
 
@@ -59,9 +60,7 @@ def ensure_ray(address: str | None, config: ExperimentConfig, quiet: bool = Fals
         "runtime_env": {"env_vars": WORKER_ENV},
     }
     if address is None:
-        from fedspine_ray.runtime.device_sim import local_custom_resources
-
-        kwargs["resources"] = local_custom_resources(config)
+        kwargs["resources"] = local_custom_resources(config.devices)
     ray.init(address=address, **kwargs)
     return True
 
@@ -81,8 +80,8 @@ def run_experiment(
     from its ``checkpoint.pt`` (``runtime.checkpoint_every``): rounds up to the checkpoint keep their rows,
     the rest run again exactly as the uninterrupted run would have run them.
     """
-    from fedspine_ray.checkpoint import checkpoint_bytes, save_checkpoint
-    from fedspine_ray.runtime.server import FederatedServer
+    from fedspine_ray.checkpoint_files import checkpoint_bytes, write_checkpoint_file
+    from fedspine_ray.runtime.server_actor import FederatedServerActor
 
     address = address if address is not None else config.runtime.address
     output_dir = config.resolved_output_dir()
@@ -97,7 +96,7 @@ def run_experiment(
         "num_gpus": config.server.num_gpus,
         "max_restarts": 0,
     }  # GPUs: ZeRO server
-    server = ray.remote(FederatedServer).options(**server_options).remote(config.to_dict())
+    server = ray.remote(FederatedServerActor).options(**server_options).remote(config.to_dict())
     wall_start = time.perf_counter()
     try:
         info = ray.get(server.setup.remote())
@@ -131,7 +130,7 @@ def run_experiment(
                 report = ray.get(server.run_round.remote(rnd))
                 writer.add_round(report.round_row, report.client_rows)
                 if every and rnd > 0 and rnd % every == 0:  # after the rows, so a resume never lacks them
-                    save_checkpoint(output_dir, ray.get(server.checkpoint_state.remote(rnd)))
+                    write_checkpoint_file(output_dir, *ray.get(server.encoded_checkpoint.remote(rnd)))
                 _show(report.round_row, bar, config, progress and not quiet)
                 if on_round is not None:
                     on_round(report.round_row)

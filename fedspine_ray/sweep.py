@@ -494,20 +494,20 @@ def _ensure_ray(spec: SweepSpec, address: str | None, quiet: bool) -> bool:
     """Start or join Ray like ``fedspine run`` does, declaring every device class any trial may use."""
     import ray
 
+    from fedspine_ray.devices import local_custom_resources
     from fedspine_ray.runner import ensure_ray
-    from fedspine_ray.runtime.device_sim import local_custom_resources
 
     if ray.is_initialized():
         return False
     base = spec.base_config()
     if address is None:
-        resources = dict(local_custom_resources(base))
+        resources = dict(local_custom_resources(base.devices))
         for key, domain in spec.search_space.items():
             if key.startswith("devices.") and domain.kind in ("grid", "choice"):
                 for value in domain.values:
-                    resources.update(local_custom_resources(base.with_overrides({key: value})))
+                    resources.update(local_custom_resources(base.with_overrides({key: value}).devices))
         for overrides in spec.variants.values():
-            resources.update(local_custom_resources(base.with_overrides(overrides)))
+            resources.update(local_custom_resources(base.with_overrides(overrides).devices))
         if resources:  # ensure_ray declares the base config's classes only; give it the union
             base = base.with_overrides({"devices.mix": {name: 1.0 for name in _classes(resources, base)}})
     return ensure_ray(address, base, quiet)

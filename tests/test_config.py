@@ -78,3 +78,30 @@ def test_cli_entry_point_exit_code_in_a_fresh_process(tmp_path):
 def test_missing_config_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_launcher_side_names_equal_the_registries():
+    """Configs are validated without torch from fedspine_ray.names; the registries are the truth."""
+    from fedspine_ray.aggregation import AGGREGATORS
+    from fedspine_ray.names import AGGREGATOR_NAMES, IMPORTANCE_NAMES, METHOD_NAMES
+    from fedspine_ray.pruning import IMPORTANCE_METHODS
+    from fedspine_ray.strategies import STRATEGIES
+
+    assert sorted(METHOD_NAMES) == sorted(STRATEGIES)
+    assert sorted(AGGREGATOR_NAMES) == sorted(AGGREGATORS)
+    assert sorted(IMPORTANCE_NAMES) == sorted(IMPORTANCE_METHODS)
+
+
+def test_loading_and_checking_a_config_imports_no_torch(tmp_path):
+    """The launching process validates configs and inputs before Ray starts, in a second, without torch."""
+    code = (
+        "import sys\n"
+        "from fedspine_ray.config import load_config\n"
+        "from fedspine_ray.preflight import check_inputs\n"
+        "import fedspine_ray.runner\n"
+        "check_inputs(load_config(None, {'method.name': 'fedspine', 'pruning.importance': 'taylor'}))\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -8,7 +8,19 @@ from fedspine_ray.data.sources import (
     read_table,
     register_source,
 )
-from fedspine_ray.data.tokens import TokenizedSplit, tokenize
+
+#: Tokenisation needs torch; it is imported on first use so the launching process, which only checks
+#: that sources exist (fedspine_ray.preflight), never loads torch.
+_LAZY = {"TokenizedSplit", "tokenize"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        from fedspine_ray.data import tokens
+
+        return getattr(tokens, name)
+    raise AttributeError(f"module 'fedspine_ray.data' has no attribute {name!r}")
+
 
 __all__ = [
     "TextClassificationData",

@@ -9,6 +9,7 @@ from fedspine_ray.devices.profiles import (
     assign_devices,
     conditions_at,
     load_device_profiles,
+    local_custom_resources,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "assign_devices",
     "conditions_at",
     "load_device_profiles",
+    "local_custom_resources",
 ]

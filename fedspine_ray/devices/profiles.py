@@ -21,10 +21,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
+
+if TYPE_CHECKING:
+    from fedspine_ray.config import DevicesConfig
 
 __all__ = [
     "SIMULATION_MEMORY_SCALE",
@@ -239,6 +242,19 @@ def load_device_profiles(path: str | Path | None = None) -> dict[str, DeviceProf
                 merged.pop("drift_schedule", None)
             raw[str(name)] = merged
     return {name: DeviceProfile.from_dict(name, fields) for name, fields in raw.items()}
+
+
+def local_custom_resources(devices: DevicesConfig) -> dict[str, float]:
+    """Custom resources an embedded local Ray declares so device-pinned actors can be placed on it.
+
+    One large amount per device class of ``devices.mix``; on a ``ray up`` cluster the node types declare them
+    instead (see clusters/). Lives here, not beside the actors, so the launching process can start Ray
+    without importing torch.
+    """
+    if not devices.mix:
+        return {}
+    profiles = load_device_profiles(devices.profiles_path)
+    return {profiles[name].ray_resource: 1000.0 for name in devices.mix}
 
 
 def assign_devices(

@@ -113,17 +113,6 @@ def build_client_devices(config: ExperimentConfig) -> list[ClientDevice]:
     ]
 
 
-def local_custom_resources(config: ExperimentConfig) -> dict[str, float]:
-    """Custom resources an embedded local Ray declares so device-pinned actors can be placed on it.
-
-    On a ``ray up`` cluster the node types declare them instead (see clusters/).
-    """
-    if not config.devices.mix:
-        return {}
-    profiles = _profiles(config)
-    return {profiles[name].ray_resource: 1000.0 for name in config.devices.mix}
-
-
 def model_shape_summary(model: nn.Module) -> dict[str, float]:
     """Sizes the cost model needs, read off the actual (possibly pruned, per-layer different) modules."""
     config = model.config

@@ -12,7 +12,6 @@ import os
 import time
 import uuid
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,6 +41,7 @@ from fedspine_ray.runtime.pool import (
     wait_until_ready,
     worker_devices,
 )
+from fedspine_ray.runtime.server_actor import RoundReport
 from fedspine_ray.runtime.transfer import static_tensor_names, strip_static
 from fedspine_ray.server_backend import build_backend
 from fedspine_ray.strategies import ClientAssignment, ClientOutcome, ServerContext, build_strategy
@@ -65,14 +65,6 @@ class BasePayload:
         if self._ref is None:
             self._ref = ray.put(self.model)
         return self._ref
-
-
-@dataclass
-class RoundReport:
-    """Rows produced by one round: one for the round, one per selected client."""
-
-    round_row: dict[str, Any]
-    client_rows: list[dict[str, Any]]
 
 
 class FederatedServer:
