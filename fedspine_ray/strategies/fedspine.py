@@ -110,8 +110,11 @@ class FedSpine(LoRAStrategy):
         end at that time: ``steps = local_steps x (end - predicted transfer) / predicted compute``, at most
         ``fill_max_factor`` x ``local_steps`` and never fewer than ``local_steps``. The slowest device keeps
         its steps, so the round is not predicted to last longer. Its predicted work is scaled too, so the
-        time model goes on measuring the device's speed, not the extra steps. Beyond the paper (its devices
-        train a fixed number of iterations); ``bandit.fill_budget``, off by default.
+        time model goes on measuring the device's speed, not the extra steps. Under a ``deadline`` policy
+        that caps the budget, the end is ``deadline / (1 + time_slack)``, short of the deadline on purpose:
+        a device that overruns it loses its whole update, one that overruns ``wait_all``'s end only
+        lengthens the round. Beyond the paper (its devices train a fixed number of iterations);
+        ``bandit.fill_budget``, off by default.
         """
         cfg = self.ctx.config
         budget = self.round_budget()
