@@ -37,6 +37,17 @@ def locate_model_file(spec: str) -> Path:
     return Path(list(found.submodule_search_locations)[0]) / subpath
 
 
+def checked_model_path(spec: str) -> Path:
+    """The existing local model ``model.path`` names: a Hugging Face directory, or a ``.gguf`` file not yet
+    converted (:func:`is_gguf`); :class:`ModelPathError` names the fix otherwise."""
+    path = locate_model_file(spec)
+    return require_gguf_file(path) if is_gguf(path) else require_hf_dir(path)
+
+
+def is_gguf(path: Path) -> bool:
+    return path.suffix.lower() == GGUF_SUFFIX
+
+
 def require_gguf_file(path: Path) -> Path:
     """``path`` (a ``.gguf`` path) is an existing file."""
     if not path.is_file():

@@ -28,13 +28,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from fedspine_ray.model_paths import (  # ModelPathError / locate_model_file: re-exported for callers
-    GGUF_SUFFIX,
-    ModelPathError,
-    locate_model_file,
-    require_gguf_file,
-    require_hf_dir,
-)
+from fedspine_ray.model_paths import ModelPathError, checked_model_path, is_gguf
 
 #: Where dequantised GGUF models are cached (one sub-directory per file content hash); override with
 #: ``FEDSPINE_CACHE_DIR`` (tests point it at a temporary directory).
@@ -58,10 +52,8 @@ def resolve_model_path(spec: str) -> Path:
     ``.gguf`` is a (quantised) GGUF file: it is converted once into the cache (:func:`gguf_to_hf_dir`) and
     the cached directory is returned.
     """
-    path = locate_model_file(spec)
-    if path.suffix.lower() == GGUF_SUFFIX:
-        return gguf_to_hf_dir(require_gguf_file(path))
-    return require_hf_dir(path)
+    path = checked_model_path(spec)
+    return gguf_to_hf_dir(path) if is_gguf(path) else path
 
 
 def cache_root() -> Path:

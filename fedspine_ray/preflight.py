@@ -28,23 +28,13 @@ def check_inputs(config: ExperimentConfig) -> None:
 def check_model_path(spec: str) -> None:
     """``model.path`` names a local Hugging Face directory or a GGUF file (without converting the GGUF:
     that costs ~25 s and happens once in the server)."""
-    from fedspine_ray.model_paths import (
-        GGUF_SUFFIX,
-        ModelPathError,
-        locate_model_file,
-        require_gguf_file,
-        require_hf_dir,
-    )
+    from fedspine_ray.model_paths import ModelPathError, checked_model_path, is_gguf
 
     try:
-        path = locate_model_file(spec)
-        if path.suffix.lower() != GGUF_SUFFIX:
-            require_hf_dir(path)
-            return
-        require_gguf_file(path)
+        path = checked_model_path(spec)
     except ModelPathError as exc:
         raise ConfigError(_one_line(str(exc), "model.path")) from None
-    if importlib.util.find_spec("gguf") is None:
+    if is_gguf(path) and importlib.util.find_spec("gguf") is None:
         raise ConfigError("model.path: reading a .gguf file needs the gguf package; fix: pip install gguf")
 
 

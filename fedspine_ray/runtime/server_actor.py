@@ -4,8 +4,8 @@
 torch, transformers, PEFT and the strategies, about 0.5 GiB of resident memory in a process whose job is
 stepping rounds and writing Parquet rows. This module imports none of them: the shell imports the server
 in the actor, and what its methods return (a :class:`RoundReport` of plain values, checkpoint bytes) is
-unpickled in the launching process without them. ``tests/test_e2e_ray.py`` checks that a run leaves
-torch unimported there.
+unpickled in the launching process without them. The SIGKILL/resume test in ``tests/test_resume.py``
+checks that a run, its checkpoints and its resume leave torch unimported there.
 """
 
 from __future__ import annotations
