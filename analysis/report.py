@@ -65,8 +65,46 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep runs with fewer rounds than the longest (default: leave them out as failed or unfinished)",
     )
+    parser.add_argument(
+        "--prior-summary",
+        default=None,
+        help="summary.parquet of an earlier report whose runs' tables are gone: its per-run rows join the "
+        "seed statistics (needs the same --target values and --horizon); plots, the time breakdown and arm "
+        "usage show only runs given with their tables",
+    )
     parser.add_argument("--out", default=None, help="directory for report.md, summary.json/.parquet and PNGs")
     return parser
+
+
+def merge_prior_summary(
+    summary: pd.DataFrame, prior: pd.DataFrame, targets: Sequence[float], horizon_s: float
+) -> tuple[pd.DataFrame, list[str]]:
+    """Per-run rows of an earlier report added to ``summary`` (runs present in both keep the new row).
+
+    Why: a report's statistics need only one row per run, so runs whose round tables were lost still count
+    as seeds. Rows must have been computed at the same targets and horizon, or they would mix definitions.
+    """
+    needed = [comparison.target_column(t) for t in targets]
+    missing = [c for c in needed if c not in prior]
+    if missing:
+        raise ValueError(
+            f"--prior-summary has no column {missing[0]!r}: pass the --target values it was built with"
+        )
+    horizons = prior.get("horizon_s", pd.Series(dtype=float)).dropna().unique()
+    if len(horizons) and any(abs(h - horizon_s) > 1e-6 for h in horizons):
+        raise ValueError(
+            f"--prior-summary was built at horizon {horizons[0]:g} s; pass --horizon {horizons[0]:g}"
+        )
+    added = prior[~prior["run"].isin(set(summary["run"]))]
+    merged = pd.concat(
+        [summary, added[[c for c in added.columns if c in summary.columns]]], ignore_index=True
+    )
+    merged = merged.sort_values(["variant", "seed", "run"], kind="stable").reset_index(drop=True)
+    note = (
+        f"{len(added)} run(s) come from an earlier report's summary (--prior-summary): they count in every "
+        "seed statistic but not in the plots, time breakdown or arm usage, whose round tables are gone."
+    )
+    return merged, [note] if len(added) else []
 
 
 @dataclass
@@ -113,6 +151,7 @@ def build_report(
     focus: str = DEFAULT_FOCUS,
     confidence: float = 0.95,
     horizon_s: float | None = None,
+    prior_summary: pd.DataFrame | None = None,
 ) -> Report:
     """Compute every table of the report from loaded runs (:func:`analysis.tables.load_runs`).
 
@@ -123,6 +162,13 @@ def build_report(
     horizon = comparison.common_horizon(rounds) if horizon_s is None else horizon_s
     which = "the shortest run" if horizon_s is None else "--horizon"
     summary = comparison.run_summary(rounds, clients, chosen, horizon_s=horizon)
+    prior_notes: list[str] = []
+    if prior_summary is not None:
+        if not targets or horizon_s is None:
+            raise ValueError(
+                "--prior-summary needs the --target values and --horizon the earlier report used"
+            )
+        summary, prior_notes = merge_prior_summary(summary, prior_summary, chosen, horizon)
     variants = set(summary["variant"])
     baselines = list(baselines or (["fedit"] if "fedit" in variants else []))
     missing = [b for b in baselines if b not in variants]
@@ -131,6 +177,7 @@ def build_report(
     order = [*baselines, focus]
     level = f"{confidence:.0%}"
     report = Report(chosen, baselines, summary)
+    report.notes.extend(prior_notes)
     report.notes.extend(_majority_notes(summary, chosen))
     runs_cols = ["run", "variant", "seed", "rounds", "final_accuracy", "best_accuracy", "final_sparsity"]
     if "majority_accuracy" in summary and summary["majority_accuracy"].notna().any():
@@ -328,6 +375,10 @@ def write_outputs(report: Report, rounds: pd.DataFrame, clients: pd.DataFrame, o
     pngs = plots.save_comparison(rounds, clients, report.breakdown, out, report.targets)
     pngs.append(plots.plot_accuracy_vs_time(rounds, out / "accuracy_vs_sim_time.png"))
     report.summary.to_parquet(out / SUMMARY_PARQUET, index=False)
+    # The runs' own rows, so the report can be rebuilt or extended (tables.load_runs reads this directory).
+    rounds.to_parquet(out / tables.ARCHIVED_ROUNDS_FILE, index=False)
+    if not clients.empty:
+        clients.to_parquet(out / tables.ARCHIVED_CLIENTS_FILE, index=False)
     payload = {
         "targets": report.targets,
         "baselines": report.baselines,
@@ -380,10 +431,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.keep_short_runs:
         rounds, clients, short = drop_short_runs(rounds, clients)
     try:
+        prior = pd.read_parquet(args.prior_summary) if args.prior_summary else None
         report = build_report(
-            rounds, clients, args.target, args.baseline, args.focus, args.confidence, args.horizon
+            rounds, clients, args.target, args.baseline, args.focus, args.confidence, args.horizon, prior
         )
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:
         print(f"analysis.report: {exc}", file=sys.stderr)
         return 2
     if short:

@@ -19,6 +19,11 @@ import yaml
 ROUNDS_FILE = "rounds.parquet"
 CLIENTS_FILE = "clients.parquet"
 CONFIG_FILE = "config.yaml"
+#: A report directory's copy of the runs it was built from (analysis/report.py writes them), one table for
+#: all runs with their ``run``, ``variant`` and ``seed`` columns: a report can be rebuilt or extended with new
+#: runs after the sweep directory is gone.
+ARCHIVED_ROUNDS_FILE = "runs_rounds.parquet"
+ARCHIVED_CLIENTS_FILE = "runs_clients.parquet"
 #: Written by a sweep trial (fedspine_ray/sweep.py TRIAL_FILE): its variant name and parameters.
 TRIAL_FILE = "trial.json"
 
@@ -33,12 +38,23 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, p
     (``training.max_sim_time_s``), NaN when unknown or unset: what tells a finished run from a stopped one.
     ``paths`` is a directory, a glob pattern (``"runs/*"``) or a list of either.
     Directories without a rounds.parquet are skipped, so ``sweeps/x/runs/*`` works while trials start.
+    A report directory holding ``runs_rounds.parquet``, named explicitly, contributes the runs archived there.
     """
-    dirs = _run_dirs(paths)
-    if not dirs:
-        raise FileNotFoundError(f"no run directories with {ROUNDS_FILE} in {paths!r}")
+    dirs, archives = _run_dirs(paths), _archive_dirs(paths)
+    if not dirs and not archives:
+        raise FileNotFoundError(
+            f"no run directories with {ROUNDS_FILE} (or {ARCHIVED_ROUNDS_FILE}) in {paths!r}"
+        )
     names = _run_names(dirs)
     rounds, clients = [], []
+    for archive in archives:
+        archived = pd.read_parquet(archive / ARCHIVED_ROUNDS_FILE)
+        clash = set(archived["run"]) & set(names)
+        if clash:
+            raise ValueError(f"runs {sorted(clash)} are both in {archive} and given as run directories")
+        rounds.append(archived)
+        if (archive / ARCHIVED_CLIENTS_FILE).is_file():
+            clients.append(pd.read_parquet(archive / ARCHIVED_CLIENTS_FILE))
     for directory, name in zip(dirs, names, strict=True):
         frame = pd.read_parquet(directory / ROUNDS_FILE)
         method = str(frame["method"].iloc[0]) if "method" in frame and len(frame) else ""
@@ -96,6 +112,16 @@ def _run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     for item in items:
         matches = sorted(glob.glob(str(item))) if glob.has_magic(str(item)) else [str(item)]
         found.extend(Path(m) for m in matches if (Path(m) / ROUNDS_FILE).is_file())
+    return list(dict.fromkeys(p.resolve() for p in found))
+
+
+def _archive_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Report directories named explicitly: a glob such as ``runs/*`` must not also pick up a report written
+    beside the runs, whose archive holds those same runs again."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    found = [
+        Path(i) for i in items if not glob.has_magic(str(i)) and (Path(i) / ARCHIVED_ROUNDS_FILE).is_file()
+    ]
     return list(dict.fromkeys(p.resolve() for p in found))
 
 

@@ -10,7 +10,10 @@ Reported per scenario:
   so the sum is the memory the session really uses) and sum of RSS, and the peak RSS of each kind of process
   (``ray::PoolWorker`` / ``ray::FederatedClient`` / ``ray::FederatedServer``, largest one);
 * round wall-time breakdown, mean over rounds >= 1 (rounds.parquet columns, docs/results.md):
-  ``server_configure_s``, ``dispatch_s``, ``wait_s``, ``aggregate_s``, ``eval_s``, ``client_train_s_sum``;
+  ``server_configure_s``, ``dispatch_s``, ``wait_s``, ``aggregate_s``, ``next_round_start_s``, ``eval_s``,
+  ``client_train_s_sum``. With ``runtime.overlap_evaluation`` (default) a round's evaluation runs while the next
+  round's clients train, and the rounds' windows tile the run, so the fraction below stays exact;
+  ``--set runtime.overlap_evaluation=false`` measures the serial round for comparison;
 * compute fraction = time inside client training steps / (round wall time x CPUs used), summed over rounds
   >= 1; CPUs used = min(CPUs of the machine, client processes). With more client processes than cores the
   wall time inside steps includes time-slicing, so ``compute_fraction_cpu`` uses the CPU seconds the
@@ -61,7 +64,15 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
         },
     ),
 }
-BREAKDOWN = ("server_configure_s", "dispatch_s", "wait_s", "aggregate_s", "eval_s", "client_train_s_sum")
+BREAKDOWN = (
+    "server_configure_s",
+    "dispatch_s",
+    "wait_s",
+    "aggregate_s",
+    "next_round_start_s",
+    "eval_s",
+    "client_train_s_sum",
+)
 
 
 def _children(pid: int) -> list[int]:
@@ -157,7 +168,9 @@ def summarise(rounds: Any, cpus: int) -> dict[str, float]:
         if "client_train_cpu_s_sum" in trained
         else float("nan")
     )
-    row = {f"mean_{col}": float(trained[col].mean()) for col in BREAKDOWN}
+    row = {f"mean_{col}": float(trained[col].mean()) for col in BREAKDOWN if col in trained}
+    if "eval_overlapped" in trained:  # evaluation ran while the next round's clients trained
+        row["eval_overlapped_rounds"] = int(trained["eval_overlapped"].sum())
     row.update(
         mean_round_wall_s=float(trained["round_wall_time_s"].mean()),
         compute_fraction=float(fraction),

@@ -127,9 +127,13 @@ def run_experiment(
             for rnd in range(first_round, config.training.rounds + 1):
                 if _time_budget_spent(writer.round_rows, config):  # a resumed run that had already stopped
                     break
-                report = ray.get(server.run_round.remote(rnd))
+                checkpoint_due = bool(every and rnd > 0 and rnd % every == 0)
+                # Round rnd + 1 may start while rnd is evaluated, but not across a checkpoint: the clients'
+                # exported state must be the one after rnd.
+                start_next = rnd > 0 and rnd < config.training.rounds and not checkpoint_due
+                report = ray.get(server.run_round.remote(rnd, start_next))
                 writer.add_round(report.round_row, report.client_rows)
-                if every and rnd > 0 and rnd % every == 0:  # after the rows, so a resume never lacks them
+                if checkpoint_due:  # after the rows, so a resume never lacks them
                     write_checkpoint_file(output_dir, *ray.get(server.encoded_checkpoint.remote(rnd)))
                 _show(report.round_row, bar, config, progress and not quiet)
                 if on_round is not None:

@@ -186,6 +186,41 @@ def test_report_cli_prints_tables_and_writes_report(runs, tmp_path, capsys):
     assert (tmp_path / "only-fedit" / "summary.json").is_file()
 
 
+def test_a_report_directory_keeps_its_runs_and_can_be_extended(runs, tmp_path):
+    """The report archives the runs' rows: rebuilding from the archive, or from the archive plus new run
+    directories, gives the same per-run summary as the original run directories did."""
+    full = tmp_path / "full"
+    args = ["--target", "0.6", "--horizon", "15"]
+    assert report.main([str(runs / "*"), *args, "--out", str(full)]) == 0
+    expected = pd.read_parquet(full / "summary.parquet").set_index("run").sort_index()
+    partial = tmp_path / "partial"
+    assert report.main([str(runs / "fedit-*"), str(runs / "hetlora-a"), *args, "--out", str(partial)]) == 0
+    rebuilt = tmp_path / "rebuilt"
+    assert report.main([str(partial), str(runs / "fedspine-a"), *args, "--out", str(rebuilt)]) == 0
+    got = pd.read_parquet(rebuilt / "summary.parquet").set_index("run").sort_index()
+    pd.testing.assert_frame_equal(got[expected.columns], expected)
+    with pytest.raises(ValueError, match="both in"):  # a run archived and given again would count twice
+        tables.load_runs([partial, runs / "fedit-a"])
+
+
+def test_prior_summary_rows_count_as_seeds_when_built_at_the_same_targets(runs, tmp_path):
+    args = ["--target", "0.6", "--horizon", "15"]
+    full, early = tmp_path / "full", tmp_path / "early"
+    assert report.main([str(runs / "*"), *args, "--out", str(full)]) == 0
+    assert report.main([str(runs / "fedit-b"), str(runs / "hetlora-a"), *args, "--out", str(early)]) == 0
+    rounds, clients = tables.load_runs([runs / "fedit-a", runs / "fedspine-a"])
+    prior = pd.read_parquet(early / "summary.parquet")
+    merged = report.build_report(rounds, clients, [0.6], ["fedit"], horizon_s=15.0, prior_summary=prior)
+    expected = pd.read_parquet(full / "summary.parquet").set_index("run").sort_index()
+    got = merged.summary.set_index("run").sort_index()
+    pd.testing.assert_frame_equal(got[expected.columns], expected, check_dtype=False)
+    assert any("earlier report's summary" in note for note in merged.notes)
+    with pytest.raises(ValueError, match="--target"):  # built at other targets: not comparable
+        report.build_report(rounds, clients, [0.55], ["fedit"], horizon_s=15.0, prior_summary=prior)
+    with pytest.raises(ValueError, match="horizon"):
+        report.build_report(rounds, clients, [0.6], ["fedit"], horizon_s=20.0, prior_summary=prior)
+
+
 # ------------------------------------------------------------------ seed-aggregated comparison
 def breakdown_client(
     rnd: int, cid: int, status: str, terms: tuple[float, float, float, float] | None

@@ -76,9 +76,13 @@ def test_same_seed_same_metrics_in_dedicated_and_pooled_mode(
     profiles_path,
     tmp_path,
 ):
-    """FedSpine (sub-models derived on the devices): one worker per class serves two clients, sharing models."""
+    """FedSpine (sub-models derived on the devices): one worker per class serves two clients, sharing models.
+
+    The pooled run also evaluates each round while the next one trains (runtime.overlap_evaluation's
+    default) and the dedicated run does not, so the comparison covers that the overlap changes no metric.
+    """
     runs = {}
-    for placement in ("dedicated", "pooled"):
+    for placement, overlap in (("dedicated", False), ("pooled", None)):
         config = fedspine_config(
             tiny_llama_dir,
             tiny_text_csv,
@@ -90,6 +94,7 @@ def test_same_seed_same_metrics_in_dedicated_and_pooled_mode(
                 "training.local_steps": 2,
                 "clients.placement": placement,
                 "clients.pool_size": 1,
+                "runtime.overlap_evaluation": overlap,
             }
         )
         run_experiment(config, progress=False)
@@ -110,6 +115,12 @@ def test_same_seed_same_metrics_in_dedicated_and_pooled_mode(
     pd.testing.assert_frame_equal(clients_d[client_cols], clients_p[client_cols])
     assert (clients_p["base_transfer"] == "derived").any()  # the derivation path ran in pooled workers
     assert (rounds_p.loc[1:, "client_train_s_sum"] > 0).all()
+    # rounds 2-4 were dispatched while the previous round was evaluated; the last one has no next round
+    assert rounds_p.loc[1:, "eval_overlapped"].tolist() == [True, True, True, False]
+    assert not rounds_d.loc[1:, "eval_overlapped"].any()
+    # with overlap a round's window runs from the previous report to its own: the windows tile the run
+    windows = rounds_p["wall_time_s"].diff().iloc[2:]
+    assert windows.to_numpy() == pytest.approx(rounds_p["round_wall_time_s"].iloc[2:].to_numpy(), abs=1e-6)
 
 
 def test_a_killed_pool_worker_fails_its_clients_for_the_round_and_is_replaced(
@@ -131,6 +142,9 @@ def test_a_killed_pool_worker_fails_its_clients_for_the_round_and_is_replaced(
         tmp_path / "kill",
         clients={"num_clients": 4, "placement": "pooled", "pool_size": 1},
         training={"rounds": 3, "local_steps": 2},
+        # round 2 must not start before the kill (with overlap it would be dispatched, and could finish,
+        # while round 1 is evaluated)
+        runtime={"overlap_evaluation": False},
     )
     run_experiment(config, progress=False, on_round=kill_worker)
     rounds, clients = read_run(tmp_path / "kill")

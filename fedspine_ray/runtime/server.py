@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,21 @@ log = logging.getLogger("fedspine_ray.server")
 SIM_TIME_COLUMNS = ("sim_download_s", "sim_compute_s", "sim_upload_s", "sim_idle_s")
 
 
+@dataclass
+class InFlightRound:
+    """A dispatched round: the replies still to collect and what validating them needs."""
+
+    round: int
+    pending: dict[ray.ObjectRef, int]
+    outcomes: dict[int, ClientOutcome]
+    bases: dict[Hashable, nn.Module]
+    configure_s: float = 0.0
+    dispatch_s: float = 0.0
+    wait_s: float = 0.0
+    #: Configured and dispatched by the previous round's call, while that round was evaluated.
+    started_early: bool = False
+
+
 class BasePayload:
     """A base model as downloaded by devices: its size, and one object-store copy made on first use."""
 
@@ -79,6 +95,11 @@ class FederatedServer:
         self.dead_clients: set[int] = set()
         #: Client actors are named ``fedspine-<run_id>-client-<id>`` so operators can find them in Ray.
         self.run_id = uuid.uuid4().hex[:8]
+        self._inflight: InFlightRound | None = None
+        self._last_report_end = time.perf_counter()
+        overlap = self.config.runtime.overlap_evaluation
+        #: Default: overlap unless devices' times are measured wall times, which the server's work would slow.
+        self._overlap_evaluation = self.config.runtime.clock != "wall" if overlap is None else overlap
 
     # ----------------------------------------------------------------- set-up
     def setup(self) -> dict[str, Any]:
@@ -147,45 +168,65 @@ class FederatedServer:
         wait_until_ready(self.runtime.actors, self.config.runtime.actor_start_timeout_s)
 
     # ----------------------------------------------------------------- rounds
-    def run_round(self, rnd: int) -> RoundReport:
+    def run_round(self, rnd: int, start_next: bool = False) -> RoundReport:
+        """Finish round ``rnd`` (configure and dispatch it first unless the previous call started it).
+
+        With ``start_next`` (the runner asks when round ``rnd + 1`` will run and no checkpoint is taken after
+        ``rnd``) and ``runtime.overlap_evaluation``, the clients of round ``rnd + 1`` are configured and sent
+        off right after round ``rnd`` is aggregated, and round ``rnd`` is evaluated while they train. Every
+        step that changes state (selection, configure, the clock, aggregation) runs in the same order as
+        without overlap and evaluation only reads a snapshot, so the metrics are identical; the server's
+        evaluation stops being time in which no client trains.
+        """
         if rnd == 0:
             return self._initial_report()
         cfg = self.config
-        wall_start = time.perf_counter()
-        self._phase = {}
-        selected = self._select_clients(rnd)
-        assignments = self.strategy.configure_round(rnd, selected)
-        configured = time.perf_counter()
-        outcomes = self._run_clients(rnd, assignments)
+        call_start = time.perf_counter()
+        inflight = self._inflight if self._inflight is not None and self._inflight.round == rnd else None
+        self._inflight = None
+        if inflight is None:
+            inflight = self._start_round(rnd)
+        # A round started by the previous call began when that call's report was done: its configure and
+        # dispatch ran inside the previous round's window, overlapped by the previous evaluation.
+        window_start = self._last_report_end if inflight.started_early else call_start
+        outcomes = self._finish_round(inflight)
         round_time = self.timer.close_round(outcomes)
         self.sim_clock_s += round_time
         collected = time.perf_counter()
         extra = self.strategy.aggregate_round(rnd, outcomes)
+        global_metrics = self.strategy.global_metrics()
         aggregated = time.perf_counter()
-        test_loss, test_accuracy = self.evaluate()
+        model = self.strategy.evaluation_model()  # a snapshot: configuring the next round cannot change it
+        if start_next and self._overlap_evaluation and not self._budget_spent():
+            self._inflight = self._start_round(rnd + 1, started_early=True)
+        next_started = time.perf_counter()
+        test_loss, test_accuracy = self._evaluate_model(model)
         evaluated = time.perf_counter()
         usable = [o for o in outcomes if o.usable]
         fits = [o for o in outcomes if o.wall_time_s is not None and not math.isnan(o.wall_time_s)]
         train_times = [float(o.extras.get("train_time_s", 0.0)) for o in fits]
         timing = {  # where the round's wall time went (docs/results.md, benchmarks/bench_scale.py)
-            "server_configure_s": configured - wall_start,
-            "dispatch_s": self._phase.get("dispatch_s", 0.0),
-            "wait_s": self._phase.get("wait_s", 0.0),
+            "server_configure_s": inflight.configure_s,
+            "dispatch_s": inflight.dispatch_s,
+            "wait_s": inflight.wait_s,
             "aggregate_s": aggregated - collected,
-            "eval_s": evaluated - aggregated,
+            "next_round_start_s": next_started - aggregated,
+            "eval_s": evaluated - next_started,
+            "eval_overlapped": self._inflight is not None,
             "client_fit_s_sum": float(sum(o.wall_time_s for o in fits)),
             "client_train_s_sum": float(sum(train_times)),
             "client_train_s_max": float(max(train_times, default=0.0)),
             "client_train_cpu_s_sum": float(sum(o.extras.get("train_cpu_s", 0.0) for o in fits)),
             "client_processes": len(self.runtime.actors),
         }
+        self._last_report_end = time.perf_counter()
         round_row = {
             "round": rnd,
             "method": cfg.method.name,
             "sim_time_s": self.sim_clock_s,
             "round_sim_time_s": round_time,
-            "wall_time_s": time.perf_counter() - self.wall_start,
-            "round_wall_time_s": time.perf_counter() - wall_start,
+            "wall_time_s": self._last_report_end - self.wall_start,
+            "round_wall_time_s": self._last_report_end - window_start,
             "train_loss": float(np.mean([o.loss_mean for o in usable])) if usable else math.nan,
             "test_loss": test_loss,
             "test_accuracy": test_accuracy,
@@ -197,14 +238,33 @@ class FederatedServer:
             "trainable_params": int(np.mean([o.extras["trainable_params"] for o in usable])) if usable else 0,
             "total_params": self._eval_params,
             **timing,
-            **self.strategy.global_metrics(),
+            **global_metrics,
             **extra,
         }
         client_rows = [self._client_row(rnd, o) for o in outcomes]
         return RoundReport(round_row, client_rows)
 
+    def _budget_spent(self) -> bool:
+        """The runner stops once the clock reaches ``training.max_sim_time_s``: no next round to start."""
+        budget = self.config.training.max_sim_time_s
+        return budget is not None and self.sim_clock_s >= budget
+
+    def _start_round(self, rnd: int, started_early: bool = False) -> InFlightRound:
+        """Select, configure and dispatch round ``rnd``: its clients start training on return."""
+        started = time.perf_counter()
+        selected = self._select_clients(rnd)
+        assignments = self.strategy.configure_round(rnd, selected)
+        configured = time.perf_counter()
+        inflight = self._dispatch(rnd, assignments)
+        inflight.configure_s = configured - started
+        inflight.dispatch_s = time.perf_counter() - configured
+        inflight.started_early = started_early
+        return inflight
+
     def _initial_report(self) -> RoundReport:
+        self._inflight = None
         test_loss, test_accuracy = self.evaluate()
+        self._last_report_end = time.perf_counter()
         row = {
             "round": 0,
             "method": self.config.method.name,
@@ -236,9 +296,9 @@ class FederatedServer:
         rng = np.random.default_rng([self.config.seed, rnd, 7])
         return sorted(rng.choice(live, size=wanted, replace=False).tolist())
 
-    def _run_clients(self, rnd: int, assignments: dict[int, ClientAssignment]) -> list[ClientOutcome]:
+    def _dispatch(self, rnd: int, assignments: dict[int, ClientAssignment]) -> InFlightRound:
+        """Send every assigned client its fit task; returns the round's pending replies."""
         cfg = self.config
-        started = time.perf_counter()
         bases: dict[Hashable, nn.Module] = {}
         # Each base goes into the object store once, and only if someone downloads it: whole for a device's
         # first download, without its static tensors (runtime/transfer.py) for devices that cache them.
@@ -310,14 +370,16 @@ class FederatedServer:
                 self.clients[cid].fit.remote(task, payload.ref() if payload else None, derivation_ref)
             ] = cid
             self.client_base[cid] = assignment.base_key
-        dispatched = time.perf_counter()
-        self._collect(rnd, pending, outcomes, bases)
+        return InFlightRound(rnd, pending, outcomes, bases)
+
+    def _finish_round(self, inflight: InFlightRound) -> list[ClientOutcome]:
+        """Wait for the round's clients and validate their updates; replace workers that died."""
+        waiting = time.perf_counter()
+        self._collect(inflight.round, inflight.pending, inflight.outcomes, inflight.bases)
         for lost in self.runtime.recover():  # replaced pool workers / dead actors: their models are gone
             self.client_base.pop(lost, None)
-        self._phase.update(wait_s=time.perf_counter() - dispatched)
-        self._phase.setdefault("dispatch_s", 0.0)
-        self._phase["dispatch_s"] += dispatched - started
-        return [outcomes[cid] for cid in sorted(outcomes)]
+        inflight.wait_s = time.perf_counter() - waiting
+        return [inflight.outcomes[cid] for cid in sorted(inflight.outcomes)]
 
     def _payload(
         self,
@@ -399,7 +461,9 @@ class FederatedServer:
     # ----------------------------------------------------------------- evaluation
     def evaluate(self) -> tuple[float, float]:
         """Test loss and accuracy of the strategy's current global model (the task kind defines both)."""
-        model = self.strategy.evaluation_model()
+        return self._evaluate_model(self.strategy.evaluation_model())
+
+    def _evaluate_model(self, model: nn.Module) -> tuple[float, float]:
         self._eval_params = sum(p.numel() for p in model.parameters())
         with self.ctx.backend.serving(model) as forward, torch.no_grad():  # server.backend
             return self.task.evaluate(forward, self.test, self.config.training.eval_batch_size)

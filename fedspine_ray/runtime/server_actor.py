@@ -36,8 +36,8 @@ class FederatedServerActor:
     def setup(self) -> dict[str, Any]:
         return self._server.setup()
 
-    def run_round(self, rnd: int) -> RoundReport:
-        return self._server.run_round(rnd)
+    def run_round(self, rnd: int, start_next: bool = False) -> RoundReport:
+        return self._server.run_round(rnd, start_next)
 
     def encoded_checkpoint(self, rnd: int) -> tuple[bytes, dict[str, Any]]:
         """The checkpoint after round ``rnd`` as file bytes plus checkpoint.json facts, encoded here so the
