@@ -424,15 +424,15 @@ class RuntimeConfig:
     #: --resume RUN_DIR`` can continue a killed run (fedspine_ray/checkpoint.py).
     checkpoint_every: int = 0
     #: Evaluate round r on the server while round r+1's clients already train (identical metrics; the
-    #: evaluation leaves the critical path). ``null``: on, except with ``clock: wall``, whose measured
-    #: device times the server's evaluation would slow where they share cores.
+    #: evaluation leaves the critical path). ``null``: on when the client processes leave at least one CPU
+    #: of the cluster unrequested (so the evaluation has a core of its own) and ``clock`` is not ``wall``.
     overlap_evaluation: bool | None = None
 
     def validate(self, where: str) -> None:
         _require(
             self.overlap_evaluation is None or isinstance(self.overlap_evaluation, bool),
             f"{where}.overlap_evaluation",
-            "must be true, false or null (null: on unless clock is wall)",
+            "must be true, false or null (null: on when a CPU is left free for it)",
         )
         _require(self.actor_start_timeout_s > 0, f"{where}.actor_start_timeout_s", "must be > 0")
         _require(self.round_timeout_s > 0, f"{where}.round_timeout_s", "must be > 0")

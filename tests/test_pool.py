@@ -78,11 +78,11 @@ def test_same_seed_same_metrics_in_dedicated_and_pooled_mode(
 ):
     """FedSpine (sub-models derived on the devices): one worker per class serves two clients, sharing models.
 
-    The pooled run also evaluates each round while the next one trains (runtime.overlap_evaluation's
-    default) and the dedicated run does not, so the comparison covers that the overlap changes no metric.
+    The pooled run also evaluates each round while the next one trains (runtime.overlap_evaluation) and
+    the dedicated run does not, so the comparison covers that the overlap changes no metric.
     """
     runs = {}
-    for placement, overlap in (("dedicated", False), ("pooled", None)):
+    for placement, overlap in (("dedicated", False), ("pooled", True)):
         config = fedspine_config(
             tiny_llama_dir,
             tiny_text_csv,
@@ -186,3 +186,11 @@ def test_device_state_shares_bases_and_copies_on_write():
     assert state.take("v1") is shared and "v1" not in state.whole  # the last holder takes it without a copy
     state.release("v2")
     assert state.whole == {} and state.holders == {}
+
+
+def test_evaluation_overlaps_by_default_only_with_a_free_core_and_the_simulated_clock():
+    from fedspine_ray.runtime.server import overlap_by_default
+
+    assert overlap_by_default("simulated", {"CPU": 1.5})
+    assert not overlap_by_default("simulated", {"CPU": 0.5})  # clients hold the cores: it only time-slices
+    assert not overlap_by_default("wall", {"CPU": 8.0})  # measured device times would be slowed

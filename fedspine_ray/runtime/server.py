@@ -97,9 +97,7 @@ class FederatedServer:
         self.run_id = uuid.uuid4().hex[:8]
         self._inflight: InFlightRound | None = None
         self._last_report_end = time.perf_counter()
-        overlap = self.config.runtime.overlap_evaluation
-        #: Default: overlap unless devices' times are measured wall times, which the server's work would slow.
-        self._overlap_evaluation = self.config.runtime.clock != "wall" if overlap is None else overlap
+        self._overlap_evaluation = bool(self.config.runtime.overlap_evaluation)  # null: decided in setup
 
     # ----------------------------------------------------------------- set-up
     def setup(self) -> dict[str, Any]:
@@ -166,6 +164,10 @@ class FederatedServer:
             self.runtime = PooledRuntime(self.run_id, self.devices, shards, sizes)
         self.clients = self.runtime.handles
         wait_until_ready(self.runtime.actors, self.config.runtime.actor_start_timeout_s)
+        if self.config.runtime.overlap_evaluation is None:
+            self._overlap_evaluation = overlap_by_default(
+                self.config.runtime.clock, ray.available_resources()
+            )
 
     # ----------------------------------------------------------------- rounds
     def run_round(self, rnd: int, start_next: bool = False) -> RoundReport:
@@ -557,6 +559,17 @@ def validate_factors_head(
             raise InvalidUpdateError(
                 f"client {client_id}: head parameter {name!r} contains NaN/Inf; lower training.lr"
             )
+
+
+def overlap_by_default(clock: str, available: dict[str, float]) -> bool:
+    """``runtime.overlap_evaluation: null``: overlap only where the server's evaluation gets a core of its own.
+
+    Measured on 2 cores (benchmarks/README.md): with the client processes holding every CPU, evaluating while
+    they train only time-slices with them (the round took as long, evaluation 5x longer), so the overlap
+    pays on clusters whose clients leave at least one CPU unrequested, not on a saturated box. Never with
+    ``clock: wall``, whose measured device times the server's work would slow.
+    """
+    return clock != "wall" and available.get("CPU", 0.0) >= 1.0
 
 
 def check_cluster_fits(devices: list[ClientDevice], what: str = "client actors") -> None:
