@@ -106,8 +106,12 @@ def _run_limits(config: dict) -> tuple[float, float]:
     return tuple(float(v) if isinstance(v, (int, float)) else math.nan for v in limits)  # type: ignore[return-value]
 
 
+def _path_items(paths: str | Path | Iterable[str | Path]) -> list[str | Path]:
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
 def _run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    items = _path_items(paths)
     found: list[Path] = []
     for item in items:
         matches = sorted(glob.glob(str(item))) if glob.has_magic(str(item)) else [str(item)]
@@ -118,9 +122,10 @@ def _run_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
 def _archive_dirs(paths: str | Path | Iterable[str | Path]) -> list[Path]:
     """Report directories named explicitly: a glob such as ``runs/*`` must not also pick up a report written
     beside the runs, whose archive holds those same runs again."""
-    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     found = [
-        Path(i) for i in items if not glob.has_magic(str(i)) and (Path(i) / ARCHIVED_ROUNDS_FILE).is_file()
+        Path(i)
+        for i in _path_items(paths)
+        if not glob.has_magic(str(i)) and (Path(i) / ARCHIVED_ROUNDS_FILE).is_file()
     ]
     return list(dict.fromkeys(p.resolve() for p in found))
 

@@ -11,9 +11,10 @@ Reported per scenario:
   (``ray::PoolWorker`` / ``ray::FederatedClient`` / ``ray::FederatedServer``, largest one);
 * round wall-time breakdown, mean over rounds >= 1 (rounds.parquet columns, docs/results.md):
   ``server_configure_s``, ``dispatch_s``, ``wait_s``, ``aggregate_s``, ``next_round_start_s``, ``eval_s``,
-  ``client_train_s_sum``. With ``runtime.overlap_evaluation`` (default) a round's evaluation runs while the next
-  round's clients train, and the rounds' windows tile the run, so the fraction below stays exact;
-  ``--set runtime.overlap_evaluation=false`` measures the serial round for comparison;
+  ``client_train_s_sum``. With ``runtime.overlap_evaluation`` (``--set runtime.overlap_evaluation=true``; by
+  default only when the clients leave a CPU free) a round's evaluation runs while the next round's clients
+  train, and the rounds' windows tile the run, so the fraction below stays exact; ``=false`` measures the
+  serial round for comparison;
 * compute fraction = time inside client training steps / (round wall time x CPUs used), summed over rounds
   >= 1; CPUs used = min(CPUs of the machine, client processes). With more client processes than cores the
   wall time inside steps includes time-slicing, so ``compute_fraction_cpu`` uses the CPU seconds the

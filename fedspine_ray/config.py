@@ -210,6 +210,13 @@ class TrainingConfig:
     eval_batch_size: int = 64
     max_sim_time_s: float | None = None
 
+    def budget_spent(self, sim_time_s: float) -> bool:
+        """Whether a run whose simulated clock reads ``sim_time_s`` after a round stops there.
+
+        One rule for the runner (which stops) and the server (which must not start a round the runner
+        will not ask for)."""
+        return self.max_sim_time_s is not None and sim_time_s >= self.max_sim_time_s
+
     def validate(self, where: str) -> None:
         _require(1 <= self.rounds <= 100_000, f"{where}.rounds", "must be in [1, 100000]")
         if self.max_sim_time_s is not None:

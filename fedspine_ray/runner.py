@@ -168,8 +168,7 @@ def run_experiment(
 
 def _time_budget_spent(round_rows: list[dict[str, Any]], config: ExperimentConfig) -> bool:
     """True once the last recorded round's simulated clock reached ``training.max_sim_time_s``."""
-    budget = config.training.max_sim_time_s
-    return budget is not None and bool(round_rows) and round_rows[-1]["sim_time_s"] >= budget
+    return bool(round_rows) and config.training.budget_spent(round_rows[-1]["sim_time_s"])
 
 
 def _show(row: dict[str, Any], bar: tqdm, config: ExperimentConfig, use_bar: bool) -> None:

@@ -199,7 +199,7 @@ class FederatedServer:
         global_metrics = self.strategy.global_metrics()
         aggregated = time.perf_counter()
         model = self.strategy.evaluation_model()  # a snapshot: configuring the next round cannot change it
-        if start_next and self._overlap_evaluation and not self._budget_spent():
+        if start_next and self._overlap_evaluation and not cfg.training.budget_spent(self.sim_clock_s):
             self._inflight = self._start_round(rnd + 1, started_early=True)
         next_started = time.perf_counter()
         test_loss, test_accuracy = self._evaluate_model(model)
@@ -246,11 +246,6 @@ class FederatedServer:
         client_rows = [self._client_row(rnd, o) for o in outcomes]
         return RoundReport(round_row, client_rows)
 
-    def _budget_spent(self) -> bool:
-        """The runner stops once the clock reaches ``training.max_sim_time_s``: no next round to start."""
-        budget = self.config.training.max_sim_time_s
-        return budget is not None and self.sim_clock_s >= budget
-
     def _start_round(self, rnd: int, started_early: bool = False) -> InFlightRound:
         """Select, configure and dispatch round ``rnd``: its clients start training on return."""
         started = time.perf_counter()
@@ -264,7 +259,6 @@ class FederatedServer:
         return inflight
 
     def _initial_report(self) -> RoundReport:
-        self._inflight = None
         test_loss, test_accuracy = self.evaluate()
         self._last_report_end = time.perf_counter()
         row = {
