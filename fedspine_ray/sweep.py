@@ -524,10 +524,11 @@ def trials_table(grid: Any, spec: SweepSpec) -> pd.DataFrame:
     """One row per trial: ``trial_id``, its parameters, status/error, final and best metric values."""
     rows = []
     for result in grid:
-        config = result.config or {}
         metrics = result.metrics or {}
         history = result.metrics_dataframe
         row: dict[str, Any] = {"trial_id": metrics.get("trial_id") or _trial_id_from_path(result.path)}
+        output_dir = metrics.get("output_dir") or str(spec.sweep_dir / RUNS_SUBDIR / row["trial_id"])
+        config = {**_recorded_params(Path(output_dir)), **(result.config or {})}
         row.update({key: config.get(key) for key in spec.param_keys})
         row["status"] = "error" if result.error is not None else "ok"
         row["error"] = None if result.error is None else _error_summary(result.error)
@@ -538,12 +539,25 @@ def trials_table(grid: Any, spec: SweepSpec) -> pd.DataFrame:
             values = history[spec.metric].dropna()
             best = float(values.max() if spec.mode == "max" else values.min()) if len(values) else math.nan
         row[f"best_{spec.metric}"] = best
-        row["output_dir"] = metrics.get("output_dir") or str(spec.sweep_dir / RUNS_SUBDIR / row["trial_id"])
+        row["output_dir"] = output_dir
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
         table = table.sort_values("trial_id", kind="stable").reset_index(drop=True)
     return _parquet_safe(table, spec.param_keys)
+
+
+def _recorded_params(output_dir: Path) -> dict[str, Any]:
+    """The parameters a trial wrote into its run directory (``trial.json``) when it started.
+
+    A fallback for ``trials_table``: a trial restored by ``--resume`` from experiment state that Tune saved
+    while the trial was starting can come back without its config (seen once under heavy load: a row with
+    ``seed`` None), but its run directory still says what it ran.
+    """
+    try:
+        return dict(json.loads((output_dir / TRIAL_FILE).read_text()).get("params") or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 def _error_summary(error: BaseException) -> str:

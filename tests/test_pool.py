@@ -1,5 +1,7 @@
 """Pooled placement (runtime/pool.py): virtual clients on per-class worker pools, through real Ray."""
 
+import os
+
 import pandas as pd
 import pytest
 
@@ -188,9 +190,38 @@ def test_device_state_shares_bases_and_copies_on_write():
     assert state.whole == {} and state.holders == {}
 
 
-def test_evaluation_overlaps_by_default_only_with_a_free_core_and_the_simulated_clock():
+def test_evaluation_overlaps_by_default_where_it_takes_no_cpu_from_clients_and_the_clock_is_simulated():
     from fedspine_ray.runtime.server import overlap_by_default
 
-    assert overlap_by_default("simulated", {"CPU": 1.5})
-    assert not overlap_by_default("simulated", {"CPU": 0.5})  # clients hold the cores: it only time-slices
-    assert not overlap_by_default("wall", {"CPU": 8.0})  # measured device times would be slowed
+    assert overlap_by_default("simulated", {"CPU": 1.5}, idle_priority=False)  # a core of its own
+    assert not overlap_by_default("simulated", {"CPU": 0.5}, idle_priority=False)  # it would time-slice
+    assert overlap_by_default("simulated", {"CPU": 0.0}, idle_priority=True)  # runs in the clients' gaps
+    assert not overlap_by_default(
+        "wall", {"CPU": 8.0}, idle_priority=True
+    )  # measured device times would slow
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_idle_priority_thread_runs_torch_at_idle_priority_with_identical_results():
+    import threading
+
+    import torch
+
+    from fedspine_ray.runtime.idle_priority import IdlePriorityThread
+
+    torch.manual_seed(0)
+    x, w = torch.randn(64, 96), torch.randn(96, 384)
+
+    def forward() -> tuple[torch.Tensor, int, int]:
+        tid = threading.get_native_id()
+        return torch.nn.functional.gelu(x @ w).sum(dim=1), tid, os.sched_getscheduler(tid)
+
+    reference, main_tid, main_policy = forward()
+    idle = IdlePriorityThread()
+    try:
+        result, tid, policy = idle.run(forward)
+    finally:
+        idle.shutdown()
+    assert idle.priority == "idle" and policy == os.SCHED_IDLE and tid != main_tid
+    assert main_policy != os.SCHED_IDLE  # the caller's own thread keeps its priority
+    assert torch.equal(result, reference)

@@ -106,6 +106,18 @@ def test_taylor_uses_gradients_and_differs_from_magnitude(build) -> None:
     want = want + sum((m.bias[0] * m.bias.grad[0]).abs() for m in rows if m.bias is not None)
     want = want + (col.weight[:, 0] * col.weight.grad[:, 0]).abs().sum()
     assert float(tay.mlp[0][0]) == pytest.approx(float(want.detach()), rel=1e-4)
+    # only the prunable Linears need gradients: the scores equal those of a backward through every
+    # parameter, bit for bit, and every requires_grad flag comes back as it was
+    from fedspine_ray.pruning.importance import taylor_scores
+
+    full = taylor_scores(ref)
+    for layer in tay.mlp:
+        assert torch.equal(tay.mlp[layer], full.mlp[layer])
+        assert torch.equal(tay.attention[layer], full.attention[layer])
+    frozen = next(iter(model.parameters()))
+    frozen.requires_grad_(False)
+    compute_importance(model, "taylor", batches())
+    assert not frozen.requires_grad and all(p.requires_grad for p in list(model.parameters())[1:])
     with pytest.raises(ValueError):
         compute_importance(model, "taylor", None)
     with pytest.raises(ValueError):

@@ -301,3 +301,30 @@ def test_failed_trial_is_a_row_with_its_error(ray_session, tiny_llama_dir, tmp_p
     assert error.startswith("fedspine_ray.config.ConfigError") and "missing.csv' not found" in error, error
     assert math.isnan(table.loc[0, "test_accuracy"])
     assert (tmp_path / "sweeps" / "broken" / TRIALS_FILE).is_file()
+
+
+def test_trials_table_takes_parameters_from_the_run_directory_when_tune_lost_the_config(tmp_path):
+    """A restored trial's Result can come back without ``config`` (the resume flake under load): its row
+    still names its parameters, read from the ``trial.json`` the trial wrote into its run directory."""
+    from ray.tune import Result
+
+    from fedspine_ray.sweep import RUNS_SUBDIR, trials_table
+
+    spec = sweep_from_dict({"name": "lost", "search_space": {"seed": [0, 1]}, "storage_path": str(tmp_path)})
+    results = []
+    for index, seed in enumerate((0, 1)):
+        trial_id = f"abcde_{index:05d}"
+        run_dir = spec.sweep_dir / RUNS_SUBDIR / trial_id
+        run_dir.mkdir(parents=True)
+        (run_dir / TRIAL_FILE).write_text(json.dumps({"trial_id": trial_id, "params": {"seed": seed}}))
+        metrics = {"trial_id": trial_id, "round": 3, "test_accuracy": 0.5 + seed / 10}
+        if seed == 0:
+            metrics["config"] = {"seed": 0}  # the normal case: Tune kept the config
+        history = pd.DataFrame({"test_accuracy": [0.4, metrics["test_accuracy"]]})
+        results.append(Result(metrics, None, None, str(run_dir), metrics_dataframe=history))
+    table = trials_table(results, spec)
+    assert table["seed"].tolist() == [0, 1]
+    assert table["test_accuracy"].tolist() == [0.5, 0.6] and (table["status"] == "ok").all()
+    assert table["output_dir"].tolist() == [
+        str(spec.sweep_dir / RUNS_SUBDIR / f"abcde_{i:05d}") for i in (0, 1)
+    ]

@@ -34,6 +34,7 @@ from fedspine_ray.models import (
 )
 from fedspine_ray.runtime.client import FitResult, FitTask
 from fedspine_ray.runtime.device_sim import ClientDevice, DeviceTimer, build_client_devices
+from fedspine_ray.runtime.idle_priority import IdlePriorityThread
 from fedspine_ray.runtime.pool import (
     DedicatedRuntime,
     PooledRuntime,
@@ -98,6 +99,7 @@ class FederatedServer:
         self._inflight: InFlightRound | None = None
         self._last_report_end = time.perf_counter()
         self._overlap_evaluation = bool(self.config.runtime.overlap_evaluation)  # null: decided in setup
+        self._idle_evaluator: IdlePriorityThread | None = None  # overlapped evaluations run on it
 
     # ----------------------------------------------------------------- set-up
     def setup(self) -> dict[str, Any]:
@@ -164,10 +166,20 @@ class FederatedServer:
             self.runtime = PooledRuntime(self.run_id, self.devices, shards, sizes)
         self.clients = self.runtime.handles
         wait_until_ready(self.runtime.actors, self.config.runtime.actor_start_timeout_s)
+        if self._evaluates_at_idle_priority():
+            self._idle_evaluator = IdlePriorityThread()
         if self.config.runtime.overlap_evaluation is None:
             self._overlap_evaluation = overlap_by_default(
-                self.config.runtime.clock, ray.available_resources()
+                self.config.runtime.clock, ray.available_resources(), self._idle_evaluator is not None
             )
+
+    def _evaluates_at_idle_priority(self) -> bool:
+        """Overlapped evaluations run on an idle-priority thread with the torch backend (runtime/idle_priority.py).
+
+        Not with DeepSpeed: its engines share one process group, and the next round's importance pass may run
+        on the main thread at the same time.
+        """
+        return self.config.runtime.overlap_evaluation is not False and self.ctx.backend.name == "torch"
 
     # ----------------------------------------------------------------- rounds
     def run_round(self, rnd: int, start_next: bool = False) -> RoundReport:
@@ -202,7 +214,10 @@ class FederatedServer:
         if start_next and self._overlap_evaluation and not cfg.training.budget_spent(self.sim_clock_s):
             self._inflight = self._start_round(rnd + 1, started_early=True)
         next_started = time.perf_counter()
-        test_loss, test_accuracy = self._evaluate_model(model)
+        if self._inflight is not None and self._idle_evaluator is not None:  # clients train meanwhile
+            test_loss, test_accuracy = self._idle_evaluator.run(self._evaluate_model, model)
+        else:
+            test_loss, test_accuracy = self._evaluate_model(model)
         evaluated = time.perf_counter()
         usable = [o for o in outcomes if o.usable]
         fits = [o for o in outcomes if o.wall_time_s is not None and not math.isnan(o.wall_time_s)]
@@ -536,6 +551,8 @@ class FederatedServer:
 
     def shutdown(self) -> None:
         self.runtime.shutdown()
+        if self._idle_evaluator is not None:
+            self._idle_evaluator.shutdown()
 
 
 def validate_factors_head(
@@ -555,15 +572,16 @@ def validate_factors_head(
             )
 
 
-def overlap_by_default(clock: str, available: dict[str, float]) -> bool:
-    """``runtime.overlap_evaluation: null``: overlap only where the server's evaluation gets a core of its own.
+def overlap_by_default(clock: str, available: dict[str, float], idle_priority: bool) -> bool:
+    """``runtime.overlap_evaluation: null``: overlap where the evaluation takes no CPU from the clients.
 
-    Measured on 2 cores (benchmarks/README.md): with the client processes holding every CPU, evaluating while
-    they train only time-slices with them (the round took as long, evaluation 5x longer), so the overlap
-    pays on clusters whose clients leave at least one CPU unrequested, not on a saturated box. Never with
-    ``clock: wall``, whose measured device times the server's work would slow.
+    That is when it runs at idle priority (``idle_priority``, the torch backend), or when the client
+    processes leave at least one CPU of the cluster unrequested. Measured on 2 cores (benchmarks/README.md):
+    at normal priority, evaluating while the clients hold every CPU only time-slices with them (the round
+    took as long, evaluation 5x longer). Never with ``clock: wall``, whose measured device times the
+    server's work would slow.
     """
-    return clock != "wall" and available.get("CPU", 0.0) >= 1.0
+    return clock != "wall" and (idle_priority or available.get("CPU", 0.0) >= 1.0)
 
 
 def check_cluster_fits(devices: list[ClientDevice], what: str = "client actors") -> None:
