@@ -121,6 +121,24 @@ def test_shipped_sweeps_load():
     assert set(spec.search_space["method.name"].values) == wanted
 
 
+def test_testbed80_comparison_runs_the_shipped_fedspine_on_the_80_jetsons():
+    spec = load_sweep(TUNE_CONFIGS / "paper_comparison_testbed80.yaml")
+    assert set(spec.variants) == {"fedit", "hetlora", "fedit_pruned", "fedspine", "fedspine_fill"}
+    assert len(spec.search_space["seed"].values) >= 3
+    configs = {name: spec.trial_config({"variant": name, "seed": 0}) for name in spec.variants}
+    shipped = load_sweep(TUNE_CONFIGS / "paper_comparison.yaml").trial_config(
+        {"variant": "fedspine", "seed": 0}
+    )
+    for config in configs.values():  # 80 Jetsons: 30 TX2, 40 Xavier NX, 10 AGX Xavier, pooled
+        assert config.clients.num_clients == 80 and config.clients.placement == "pooled"
+        assert set(config.devices.mix) == {"jetson_tx2", "xavier_nx", "agx_xavier"}
+        assert config.bandit.algorithm == shipped.bandit.algorithm  # the same FedSpine as the 16-device sweep
+        assert config.pruning == shipped.pruning
+    fill = configs["fedspine_fill"]
+    assert fill.bandit.fill_budget and fill.training.max_sim_time_s == 47 and fill.training.rounds == 40
+    assert configs["fedit_pruned"].method.prune_global and not configs["fedit"].method.prune_global
+
+
 def test_variants_are_crossed_with_the_search_space():
     raw = {
         "variants": {
