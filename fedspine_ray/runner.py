@@ -37,6 +37,8 @@ WORKER_ENV = {
     "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
     # PEFT 0.18 asks transformers 5 a deprecated question on every LoRA wrap: one warning per worker.
     "PYTHONWARNINGS": "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning",
+    # transformers 5 draws a "Loading weights" bar for every from_pretrained: one per actor, forwarded.
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 
@@ -61,6 +63,9 @@ def ensure_ray(address: str | None, config: ExperimentConfig, quiet: bool = Fals
     }
     if address is None:
         kwargs["resources"] = local_custom_resources(config.devices)
+        # A new local cluster turns on token authentication (Ray's default) and warns that it did, on every
+        # start: keep the protection, drop the notice (errors from that module still show).
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     ray.init(address=address, **kwargs)
     return True
 

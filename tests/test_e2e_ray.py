@@ -92,3 +92,34 @@ def test_a_dead_client_actor_is_dropped_and_the_run_goes_on(
     assert status[(1, 1)] == "ok" and status[(2, 1)] == "actor_died"
     assert (2, 1) in status and (3, 1) not in status  # dropped from later rounds
     assert rounds["num_aggregated"].tolist() == [0, 3, 2, 2]
+
+
+def test_cli_run_console_shows_progress_and_no_ray_or_transformers_noise(
+    tiny_llama_dir, tiny_text_csv, tmp_path
+):
+    """What a newcomer sees from ``fedspine run`` (not ``--quiet``: actor output is forwarded): round progress,
+    and none of the per-actor lines issue 8 asked to remove (Ray's start-up notices, transformers' weight
+    loading bars and load reports, raylet worker-start warnings)."""
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    config = tiny_config(
+        tiny_llama_dir, tiny_text_csv, tmp_path / "run", training={"rounds": 1, "local_steps": 2}
+    )
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config.to_dict()))
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_memory_monitor_refresh_ms": "0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "fedspine_ray.cli", "run", str(tmp_path / "run.yaml")],
+        env=env,
+        timeout=600,
+        capture_output=True,
+        text=True,
+    )
+    console = done.stdout + done.stderr
+    assert done.returncode == 0, console[-3000:]
+    assert "round 1/1" in console and "done:" in console
+    for noise in ("WARNING", "Loading weights", "LOAD REPORT", "MISSING", "Traceback"):
+        assert noise not in console, f"{noise!r} in the console:\n{console[-3000:]}"
