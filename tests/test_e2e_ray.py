@@ -85,6 +85,8 @@ def test_a_dead_client_actor_is_dropped_and_the_run_goes_on(
         tmp_path / "kill",
         training={"rounds": 3, "local_steps": 2},
         clients={"placement": "dedicated"},  # one actor per client, so killing one kills that client only
+        # round 2 must not start before the kill (overlapped, it would be dispatched before round 1's row)
+        runtime={"overlap_evaluation": False},
     )
     run_experiment(config, progress=False, on_round=kill_client_1)
     rounds, clients = read_run(tmp_path / "kill")
