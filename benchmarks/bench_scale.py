@@ -109,6 +109,42 @@ def _memory(pid: int) -> tuple[str, int, int] | None:
         return None
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds ``pid`` has used so far (its threads included), or None if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _role(title: str) -> str:
+    """A process's part in the run, stable while Ray renames it per task (``ray::PoolWorker.call``)."""
+    for marker, role in (("PoolWorker", "pool_workers"), ("FederatedClient", "client_actors")):
+        if marker in title:
+            return role
+    if "FederatedServer" in title:
+        return "server"
+    return "driver" if "bench_scale" in title else "ray_and_other"
+
+
+def cpu_by_role() -> dict[str, float]:
+    """CPU seconds used so far by this process tree, summed per :func:`_role`."""
+    me = os.getpid()
+    totals: dict[str, float] = {}
+    for pid in [me, *_children(me)]:
+        cpu = _cpu_seconds(pid)
+        sample = _memory(pid)
+        if cpu is None or sample is None:
+            continue
+        role = _role(sample[0])
+        totals[role] = totals.get(role, 0.0) + cpu
+    return totals
+
+
 def _kind(title: str) -> str:
     if title.startswith("ray::"):
         return title.split()[0]
@@ -185,16 +221,39 @@ def run_scenario(config: ExperimentConfig, interval: float) -> dict[str, Any]:
     from fedspine_ray.runner import run_experiment
 
     sampler = MemorySampler(interval)
+    # CPU seconds per role between the round-0 row (set-up and first evaluation done) and the last row
+    # (Ray is still up): where the rounds' CPU time went, and how much of it nobody used
+    marks: dict[int, tuple[float, dict[str, float]]] = {}
+    last = config.training.rounds
+
+    def mark(row: dict[str, Any]) -> None:
+        if row["round"] in (0, last):
+            marks[row["round"]] = (time.perf_counter(), cpu_by_role())
+
     sampler.start()
     start = time.perf_counter()
     try:
-        result = run_experiment(config, progress=False, quiet=True)
+        result = run_experiment(config, progress=False, quiet=True, on_round=mark)
     finally:
         sampler.stop_event.set()
         sampler.join()
     wall = time.perf_counter() - start
     rounds = result.rounds
     cpus = os.cpu_count() or 1
+    cpu_use: dict[str, Any] = {}
+    if 0 in marks and last in marks:
+        (t0, before), (t1, after) = marks[0], marks[last]
+        used = {role: after.get(role, 0.0) - before.get(role, 0.0) for role in after}
+        trained = rounds[rounds["round"] >= 1]
+        in_steps = float(trained["client_train_cpu_s_sum"].sum())
+        clients = used.get("pool_workers", 0.0) + used.get("client_actors", 0.0)
+        cpu_use = {
+            "rounds_wall_s": t1 - t0,
+            "rounds_cpu_s_by_role": {k: round(v, 2) for k, v in sorted(used.items())},
+            "rounds_cpu_s_in_training_steps": in_steps,
+            "rounds_cpu_s_clients_outside_steps": clients - in_steps,
+            "rounds_cpu_s_unused": (t1 - t0) * cpus - sum(used.values()),
+        }
     return {
         "name": config.name,
         "placement": config.clients.placement,
@@ -209,6 +268,7 @@ def run_scenario(config: ExperimentConfig, interval: float) -> dict[str, Any]:
         "max_processes": sampler.max_processes,
         "cpus": cpus,
         **summarise(rounds, cpus),
+        **cpu_use,
     }
 
 

@@ -23,6 +23,7 @@ from fedspine_ray.pruning import (
     predicted_parameter_count,
     save_pruned,
     sparsity,
+    submodel_sharing_weights,
 )
 from fedspine_ray.pruning.architectures import get_linear
 
@@ -106,6 +107,28 @@ def test_pruned_equals_zeroed_dense(arch: str) -> None:
     # the global model is untouched by extract_submodel
     assert count_parameters(model) > count_parameters(sub)
     assert [s.n_channels for s in layer_specs(model)] == [128, 128, 128]
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_submodel_sharing_weights_equals_the_deep_copy_and_shares_only_what_it_keeps(arch: str) -> None:
+    model = MODELS[arch]()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plan = plan_for_ratio(compute_importance(model, "magnitude"), 0.5, layer_ratios={0: 0.0})
+    copied, shared = extract_submodel(model, plan), submodel_sharing_weights(model, plan)
+    assert copied.state_dict().keys() == shared.state_dict().keys()
+    for name, tensor in copied.state_dict().items():
+        assert torch.equal(tensor, shared.state_dict()[name]), name
+    x = inputs()
+    with torch.no_grad():
+        assert torch.equal(copied(**x).logits, shared(**x).logits)
+    global_ptrs = {t.data_ptr() for t in model.state_dict().values()}
+    pruned = {n for n, t in shared.state_dict().items() if t.shape != model.state_dict()[n].shape}
+    assert pruned  # layers 1+ lost units ...
+    for name, tensor in shared.state_dict().items():  # ... and got their own tensors; the rest is shared
+        assert (tensor.data_ptr() in global_ptrs) == (name not in pruned), name
+    assert [s.n_channels for s in layer_specs(model)] == [128, 128, 128]  # the global model is untouched
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert model.config is not shared.config and not hasattr(model.config, "fedspine_layer_shapes")
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))

@@ -169,6 +169,21 @@ def extract_submodel(global_model: nn.Module, plan: PruningPlan) -> nn.Module:
     return apply_plan(copy.deepcopy(global_model), plan)
 
 
+def submodel_sharing_weights(global_model: nn.Module, plan: PruningPlan) -> nn.Module:
+    """``global_model`` pruned to ``plan`` as a new module tree that shares every tensor it does not prune.
+
+    Equal to :func:`extract_submodel` in every value, without copying the embeddings, norms and kept layers
+    first: the server builds one sub-model per distinct pruning ratio every round (with S-UCB's continuous
+    ratios, about one per device), only to measure it and serialize it for the devices, and the deep copy
+    was most of that cost. Pruned Linears get fresh tensors (``apply_plan`` rebinds them), so the global
+    model is never changed through the result. Treat the result as read-only: changing a shared tensor in
+    place (training it, ``requires_grad_``) would change the global model; use :func:`extract_submodel` to
+    train a sub-model in the same process.
+    """
+    shared: dict[int, object] = {id(t): t for t in (*global_model.parameters(), *global_model.buffers())}
+    return apply_plan(copy.deepcopy(global_model, shared), plan)
+
+
 def prefix_plan(shapes: dict[str, list[int]]) -> PruningPlan:
     """Plan keeping the first ``k`` units of each layer (used to rebuild recorded shapes on load)."""
     plan = PruningPlan()
@@ -248,6 +263,7 @@ __all__ = [
     "apply_plan",
     "expand_units",
     "extract_submodel",
+    "submodel_sharing_weights",
     "layer_shapes",
     "load_pruned",
     "original_shapes",

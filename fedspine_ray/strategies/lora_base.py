@@ -25,7 +25,7 @@ from fedspine_ray.pruning import (
     PruningPlan,
     UnitImportance,
     apply_plan,
-    extract_submodel,
+    submodel_sharing_weights,
     identity_plan,
     linear_index_map,
     lora_to_global,
@@ -233,7 +233,10 @@ class LoRAStrategy(Strategy):
                     self.importance(), ratio, cfg.protected_layers, prune_attention=cfg.prune_attention
                 )
                 index_map = linear_index_map(self.ctx.global_model, plan)
-                self._round_plans[ratio] = (lambda: extract_submodel(self.ctx.global_model, plan), index_map)
+                self._round_plans[ratio] = (
+                    lambda: submodel_sharing_weights(self.ctx.global_model, plan),
+                    index_map,
+                )
                 self._issued[(self.version, ratio)] = self.global_units.compose(plan)
         return self._round_plans[ratio]
 
