@@ -18,7 +18,11 @@ Reported per scenario:
 * compute fraction = time inside client training steps / (round wall time x CPUs used), summed over rounds
   >= 1; CPUs used = min(CPUs of the machine, client processes). With more client processes than cores the
   wall time inside steps includes time-slicing, so ``compute_fraction_cpu`` uses the CPU seconds the
-  client processes spent in those steps instead (``client_train_cpu_s_sum``); it cannot exceed 1 per core.
+  client processes spent in those steps instead (``client_train_cpu_s_sum``); it cannot exceed 1 per core;
+* where the rounds' CPU time went, between the round-0 row and the last row (``rounds_*``): CPU seconds
+  per role read from ``/proc/<pid>/stat`` (``server``, ``pool_workers`` / ``client_actors``, ``driver``:
+  this process, including the memory sampler, ``ray_and_other``: GCS, raylet and Ray's helpers), the
+  clients' CPU inside and outside training steps, and ``rounds_cpu_s_unused`` = wall x CPUs - all of it.
 
 Scenarios (--scenario, repeatable; --placement overrides clients.placement for all of them):
 
@@ -122,13 +126,16 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def _role(title: str) -> str:
-    """A process's part in the run, stable while Ray renames it per task (``ray::PoolWorker.call``)."""
+    """A process's part in the run, stable while Ray renames it per task (``ray::PoolWorker.call``).
+
+    ``driver`` (this process: the runner's polling and this benchmark's memory sampler) is told apart by pid.
+    """
     for marker, role in (("PoolWorker", "pool_workers"), ("FederatedClient", "client_actors")):
         if marker in title:
             return role
     if "FederatedServer" in title:
         return "server"
-    return "driver" if "bench_scale" in title else "ray_and_other"
+    return "ray_and_other"
 
 
 def cpu_by_role() -> dict[str, float]:
@@ -137,12 +144,18 @@ def cpu_by_role() -> dict[str, float]:
     totals: dict[str, float] = {}
     for pid in [me, *_children(me)]:
         cpu = _cpu_seconds(pid)
-        sample = _memory(pid)
-        if cpu is None or sample is None:
+        if cpu is None:
             continue
-        role = _role(sample[0])
+        role = "driver" if pid == me else _role(_command_line(pid))
         totals[role] = totals.get(role, 0.0) + cpu
     return totals
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def _kind(title: str) -> str:
