@@ -190,15 +190,12 @@ def test_device_state_shares_bases_and_copies_on_write():
     assert state.whole == {} and state.holders == {}
 
 
-def test_evaluation_overlaps_by_default_where_it_takes_no_cpu_from_clients_and_the_clock_is_simulated():
+def test_evaluation_overlaps_by_default_only_with_a_free_core_and_the_simulated_clock():
     from fedspine_ray.runtime.server import overlap_by_default
 
-    assert overlap_by_default("simulated", {"CPU": 1.5}, idle_priority=False)  # a core of its own
-    assert not overlap_by_default("simulated", {"CPU": 0.5}, idle_priority=False)  # it would time-slice
-    assert overlap_by_default("simulated", {"CPU": 0.0}, idle_priority=True)  # runs in the clients' gaps
-    assert not overlap_by_default(
-        "wall", {"CPU": 8.0}, idle_priority=True
-    )  # measured device times would slow
+    assert overlap_by_default("simulated", {"CPU": 1.5})
+    assert not overlap_by_default("simulated", {"CPU": 0.5})  # clients hold the cores: it gains nothing
+    assert not overlap_by_default("wall", {"CPU": 8.0})  # measured device times would be slowed
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")

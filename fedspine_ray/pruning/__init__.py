@@ -19,11 +19,11 @@ from .apply import (
     expand_units,
     extend_and_select,
     extract_submodel,
-    submodel_sharing_weights,
     layer_shapes,
     load_pruned,
     original_shapes,
     save_pruned,
+    submodel_sharing_weights,
     unit_slices,
 )
 from .architectures import ADAPTERS, LayerSpec, get_adapter, layer_specs

@@ -170,7 +170,7 @@ class FederatedServer:
             self._idle_evaluator = IdlePriorityThread()
         if self.config.runtime.overlap_evaluation is None:
             self._overlap_evaluation = overlap_by_default(
-                self.config.runtime.clock, ray.available_resources(), self._idle_evaluator is not None
+                self.config.runtime.clock, ray.available_resources()
             )
 
     def _evaluates_at_idle_priority(self) -> bool:
@@ -572,16 +572,17 @@ def validate_factors_head(
             )
 
 
-def overlap_by_default(clock: str, available: dict[str, float], idle_priority: bool) -> bool:
-    """``runtime.overlap_evaluation: null``: overlap where the evaluation takes no CPU from the clients.
+def overlap_by_default(clock: str, available: dict[str, float]) -> bool:
+    """``runtime.overlap_evaluation: null``: overlap where the server's evaluation gets a core of its own.
 
-    That is when it runs at idle priority (``idle_priority``, the torch backend), or when the client
-    processes leave at least one CPU of the cluster unrequested. Measured on 2 cores (benchmarks/README.md):
-    at normal priority, evaluating while the clients hold every CPU only time-slices with them (the round
-    took as long, evaluation 5x longer). Never with ``clock: wall``, whose measured device times the
-    server's work would slow.
+    Measured on 2 cores (benchmarks/README.md): with the client processes holding every CPU, overlapping
+    gains nothing, at normal priority (the evaluation time-sliced with the clients, the round took as long)
+    or at idle priority (the clients left only 3-5 % of the CPU unused, so the evaluation ran after them),
+    and the next round's state held during the evaluation raised peak memory by 0.2-0.5 GiB. So the overlap
+    is on by default only where the clients leave at least one CPU unrequested. Never with ``clock: wall``,
+    whose measured device times the server's work would slow.
     """
-    return clock != "wall" and (idle_priority or available.get("CPU", 0.0) >= 1.0)
+    return clock != "wall" and available.get("CPU", 0.0) >= 1.0
 
 
 def check_cluster_fits(devices: list[ClientDevice], what: str = "client actors") -> None:

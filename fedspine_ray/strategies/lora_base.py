@@ -25,7 +25,6 @@ from fedspine_ray.pruning import (
     PruningPlan,
     UnitImportance,
     apply_plan,
-    submodel_sharing_weights,
     identity_plan,
     linear_index_map,
     lora_to_global,
@@ -37,6 +36,7 @@ from fedspine_ray.pruning import (
     ratio_for_sparsity,
     relative_plan,
     sparsity_at_progress,
+    submodel_sharing_weights,
     unit_slices,
 )
 from fedspine_ray.strategies.base import (
