@@ -63,10 +63,6 @@ def ensure_ray(address: str | None, config: ExperimentConfig, quiet: bool = Fals
     }
     if address is None:
         kwargs["resources"] = local_custom_resources(config.devices)
-        # Every process here is an actor (server, clients, pool workers), each started on demand. Ray would
-        # also prestart one idle worker per CPU for tasks nobody submits: processes that hold memory and
-        # wake up for heartbeats (benchmarks/README.md, eighth session).
-        kwargs["_system_config"] = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
         # A new local cluster turns on token authentication (Ray's default) and warns that it did, on every
         # start: keep the protection, drop the notice (errors from that module still show).
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
