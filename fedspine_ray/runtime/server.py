@@ -176,8 +176,8 @@ class FederatedServer:
     def _evaluates_at_idle_priority(self) -> bool:
         """Overlapped evaluations run on an idle-priority thread with the torch backend (runtime/idle_priority.py).
 
-        Not with DeepSpeed: its engines share one process group, and the next round's importance pass may run
-        on the main thread at the same time.
+        Not with DeepSpeed: its one-process group and engines are set up and exercised on the main thread only
+        (tests/test_server_backend.py); running them from another thread is untested.
         """
         return self.config.runtime.overlap_evaluation is not False and self.ctx.backend.name == "torch"
 
