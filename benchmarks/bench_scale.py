@@ -80,18 +80,32 @@ BREAKDOWN = (
 )
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (field 3 onwards), or None if the process is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _command_line(pid: int) -> str:
+    """``/proc/<pid>/cmdline`` with spaces between the arguments ("" if the process is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def _children(pid: int) -> list[int]:
     """All descendants of ``pid`` (from /proc: no psutil dependency)."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
+        fields = _stat_fields(int(entry))
+        if fields is None:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
+        parents.setdefault(int(fields[1]), []).append(int(entry))
     found, todo = [], [pid]
     while todo:
         for child in parents.get(todo.pop(), []):
@@ -118,10 +132,10 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 def _cpu_seconds(pid: int) -> float | None:
     """User + system CPU seconds ``pid`` has used so far (its threads included), or None if it is gone."""
+    fields = _stat_fields(pid)
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    except (OSError, ValueError, IndexError):
+        return None if fields is None else (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (ValueError, IndexError):
         return None
 
 
@@ -149,13 +163,6 @@ def cpu_by_role() -> dict[str, float]:
         role = "driver" if pid == me else _role(_command_line(pid))
         totals[role] = totals.get(role, 0.0) + cpu
     return totals
-
-
-def _command_line(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _kind(title: str) -> str:

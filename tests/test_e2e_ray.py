@@ -33,6 +33,14 @@ def tiny_config(model_dir, data_csv, out_dir, **sections):
     return config_from_dict(raw)
 
 
+def cli_subprocess_env() -> dict[str, str]:
+    """A fresh local Ray per CLI process. Its memory monitor is off: on a box shared with other jobs it kills
+    workers for memory the test does not use (the node total), which is not what these tests check."""
+    import os
+
+    return {**os.environ, "RAY_ADDRESS": "", "RAY_memory_monitor_refresh_ms": "0"}
+
+
 def test_fedit_run_through_ray_actors_writes_parquet_and_learns(
     ray_session, tiny_llama_dir, tiny_text_csv, tmp_path
 ):
@@ -102,7 +110,6 @@ def test_cli_run_console_shows_progress_and_no_ray_or_transformers_noise(
     """What a newcomer sees from ``fedspine run`` (not ``--quiet``: actor output is forwarded): round progress,
     and none of the per-actor lines issue 8 asked to remove (Ray's start-up notices, transformers' weight
     loading bars and load reports, raylet worker-start warnings)."""
-    import os
     import subprocess
     import sys
 
@@ -112,7 +119,7 @@ def test_cli_run_console_shows_progress_and_no_ray_or_transformers_noise(
         tiny_llama_dir, tiny_text_csv, tmp_path / "run", training={"rounds": 1, "local_steps": 2}
     )
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(config.to_dict()))
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_memory_monitor_refresh_ms": "0"}
+    env = cli_subprocess_env()
     done = subprocess.run(
         [sys.executable, "-m", "fedspine_ray.cli", "run", str(tmp_path / "run.yaml")],
         env=env,

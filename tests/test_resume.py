@@ -31,7 +31,7 @@ from fedspine_ray.config import ConfigError
 from fedspine_ray.results import read_run
 from fedspine_ray.strategies import STRATEGIES, ClientOutcome, ServerContext, build_strategy
 
-from .test_e2e_ray import tiny_config
+from .test_e2e_ray import cli_subprocess_env, tiny_config
 from .test_strategies import make_context
 
 #: Per-round columns a resumed run must reproduce exactly (bytes, simulated clock, structure) ...
@@ -183,12 +183,6 @@ sys.exit(code or (3 if heavy else 0))
 """
 
 
-def _subprocess_env() -> dict[str, str]:
-    """A fresh local Ray per CLI process. Its memory monitor is off: on a box shared with other jobs it kills
-    workers for memory the test does not use (the node total), which is not what these tests check."""
-    return {**os.environ, "RAY_ADDRESS": "", "RAY_memory_monitor_refresh_ms": "0"}
-
-
 def _run(command: list[str], env: dict[str, str]) -> None:
     done = subprocess.run(command, env=env, timeout=900, capture_output=True, text=True)
     assert done.returncode == 0, f"{command} exited {done.returncode}: {done.stderr[-3000:]}"
@@ -244,7 +238,7 @@ def test_cli_run_killed_with_sigkill_resumes_with_the_uninterrupted_metrics(
     for name in ("ref", "run"):
         raw = _fedspine_raw(tiny_llama_dir, tiny_text_csv, tmp_path / name, profiles_path, rounds, every=1)
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(raw))
-    env = _subprocess_env()
+    env = cli_subprocess_env()
     command = [sys.executable, "-m", "fedspine_ray.cli", "run", "--quiet"]
     # The reference run and the resume go through a launcher that fails if the CLI process imported a
     # heavy package: it only steps rounds, writes rows and moves checkpoint bytes (runtime/server_actor.py).
@@ -298,7 +292,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(tiny_llama_dir, 
     sweep.write_text(yaml.safe_dump({"name": "resumable", "base": base, "search_space": {"seed": [0, 1]}}))
     runs = tmp_path / "sweeps" / "resumable" / "runs"
     # TUNE_GLOBAL_CHECKPOINT_S=0: Tune saves its experiment state at every step (default: every >= 10 s)
-    env = {**_subprocess_env(), "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    env = {**cli_subprocess_env(), "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     command = [
         sys.executable,
         "-m",

@@ -166,20 +166,15 @@ class FederatedServer:
             self.runtime = PooledRuntime(self.run_id, self.devices, shards, sizes)
         self.clients = self.runtime.handles
         wait_until_ready(self.runtime.actors, self.config.runtime.actor_start_timeout_s)
-        if self._evaluates_at_idle_priority():
-            self._idle_evaluator = IdlePriorityThread()
         if self.config.runtime.overlap_evaluation is None:
             self._overlap_evaluation = overlap_by_default(
                 self.config.runtime.clock, ray.available_resources()
             )
-
-    def _evaluates_at_idle_priority(self) -> bool:
-        """Overlapped evaluations run on an idle-priority thread with the torch backend (runtime/idle_priority.py).
-
-        Not with DeepSpeed: its one-process group and engines are set up and exercised on the main thread only
-        (tests/test_server_backend.py); running them from another thread is untested.
-        """
-        return self.config.runtime.overlap_evaluation is not False and self.ctx.backend.name == "torch"
+        # Overlapped evaluations run on an idle-priority thread (runtime/idle_priority.py), with the torch
+        # backend only: DeepSpeed's one-process group and engines are set up and exercised on the main thread
+        # only (tests/test_server_backend.py); running them from another thread is untested.
+        if self._overlap_evaluation and self.ctx.backend.name == "torch":
+            self._idle_evaluator = IdlePriorityThread()
 
     # ----------------------------------------------------------------- rounds
     def run_round(self, rnd: int, start_next: bool = False) -> RoundReport:
