@@ -79,3 +79,23 @@ def test_device_side_pruning_through_ray(ray_session, tiny_llama_dir, tiny_text_
     assert (clients["units_pruned_on_device"] > 0).all()  # every device removed units itself
     assert rounds["sparsity"].iloc[-1] == pytest.approx(0.4, abs=0.05)
     assert rounds["test_loss"].notna().all()
+
+
+def test_no_bandit_ablation_keeps_the_time_model_so_fill_budget_applies(
+    ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
+):
+    """fedspine_no_bandit + bandit.fill_budget: arms stay static, the fast devices still fill the round."""
+    rounds, clients = _run(
+        tmp_path,
+        tiny_llama_dir,
+        tiny_text_csv,
+        profiles_path,
+        "fedspine_no_bandit",
+        **{"bandit.fill_budget": True, "bandit.fill_max_factor": 3.0},
+    )
+    assert (clients["status"] == "ok").all()
+    assert clients.groupby("client_id")["pruning_ratio"].nunique().eq(1).all()  # static arms
+    later = clients[clients["round"] >= 2].groupby("device_class")["local_steps"]
+    assert (clients.loc[clients["round"] == 1, "local_steps"] == 4).all()  # nothing observed yet
+    assert later.max()["slow_box"] == 4 and later.min()["fast_box"] > 4
+    assert rounds.loc[rounds["round"] >= 2, "time_budget_s"].notna().all()
