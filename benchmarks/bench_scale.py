@@ -24,6 +24,11 @@ Reported per scenario:
   this process, including the memory sampler, ``ray_and_other``: GCS, raylet and Ray's helpers), the
   clients' CPU inside and outside training steps, and ``rounds_cpu_s_unused`` = wall x CPUs - all of it.
 
+The memory sampler is not free: reading ``smaps_rollup`` makes the kernel walk every page table, about
+0.14 CPU-s per sample over a 20-process session, so at ``--interval 1`` it takes some 7 % of a 2-core box
+from the run it measures (``driver`` in ``rounds_cpu_s_by_role``). ``--interval 0`` turns it off (no memory
+figures): measure the compute fraction that way, memory with the sampler on.
+
 Scenarios (--scenario, repeatable; --placement overrides clients.placement for all of them):
 
 * ``default``: the shipped default config (FedIT, 8 clients, 6 rounds);
@@ -32,7 +37,7 @@ Scenarios (--scenario, repeatable; --placement overrides clients.placement for a
 * ``fedit1000``: the default config with 1,000 clients (IID, 20 000 training samples), 20 per round.
 
 Usage: python benchmarks/bench_scale.py --scenario testbed80 [--placement pooled|dedicated|auto]
-       [--rounds N] [--set KEY=VALUE ...] [--out-dir DIR] [--json-out FILE]
+       [--rounds N] [--set KEY=VALUE ...] [--interval S] [--out-dir DIR] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -202,6 +207,15 @@ class MemorySampler(threading.Thread):
             self.stop_event.wait(self.interval)
 
 
+def _memory_figures(sampler: MemorySampler) -> dict[str, Any]:
+    return {
+        "peak_pss_gib": sampler.peak_pss / GIB,
+        "peak_rss_gib": sampler.peak_rss / GIB,
+        "peak_rss_by_process_gib": {k: v / GIB for k, v in sorted(sampler.peak_by_kind.items())},
+        "max_processes": sampler.max_processes,
+    }
+
+
 def scenario_config(
     name: str, placement: str | None, rounds: int | None, out_dir: Path, extra: dict
 ) -> ExperimentConfig:
@@ -240,7 +254,7 @@ def summarise(rounds: Any, cpus: int) -> dict[str, float]:
 def run_scenario(config: ExperimentConfig, interval: float) -> dict[str, Any]:
     from fedspine_ray.runner import run_experiment
 
-    sampler = MemorySampler(interval)
+    sampler = MemorySampler(interval) if interval > 0 else None
     # CPU seconds per role between the round-0 row (set-up and first evaluation done) and the last row
     # (Ray is still up): where the rounds' CPU time went, and how much of it nobody used
     marks: dict[int, tuple[float, dict[str, float]]] = {}
@@ -250,13 +264,15 @@ def run_scenario(config: ExperimentConfig, interval: float) -> dict[str, Any]:
         if row["round"] in (0, last):
             marks[row["round"]] = (time.perf_counter(), cpu_by_role())
 
-    sampler.start()
+    if sampler is not None:
+        sampler.start()
     start = time.perf_counter()
     try:
         result = run_experiment(config, progress=False, quiet=True, on_round=mark)
     finally:
-        sampler.stop_event.set()
-        sampler.join()
+        if sampler is not None:
+            sampler.stop_event.set()
+            sampler.join()
     wall = time.perf_counter() - start
     rounds = result.rounds
     cpus = os.cpu_count() or 1
@@ -282,10 +298,7 @@ def run_scenario(config: ExperimentConfig, interval: float) -> dict[str, Any]:
         "rounds": config.training.rounds,
         "client_processes": int(rounds["client_processes"].iloc[-1]),
         "wall_s": wall,
-        "peak_pss_gib": sampler.peak_pss / GIB,
-        "peak_rss_gib": sampler.peak_rss / GIB,
-        "peak_rss_by_process_gib": {k: v / GIB for k, v in sorted(sampler.peak_by_kind.items())},
-        "max_processes": sampler.max_processes,
+        **(_memory_figures(sampler) if sampler is not None else {"memory_sampler": "off (--interval 0)"}),
         "cpus": cpus,
         **summarise(rounds, cpus),
         **cpu_use,
@@ -298,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--placement", choices=["auto", "dedicated", "pooled"], default=None)
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--interval", type=float, default=1.0)
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="memory sampling period in s; 0: no sampler (module doc)"
+    )
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_scale"))
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
