@@ -126,8 +126,8 @@ def identity_plan(model: nn.Module) -> PruningPlan:
 
 def stable_ranking(scores: torch.Tensor) -> list[int]:
     """Indices by descending score; ties broken by lower index (deterministic => nested plans)."""
-    order = sorted(range(scores.numel()), key=lambda j: (-float(scores[j]), j))
-    return order
+    values = scores.tolist()  # python floats: indexing the tensor per comparison key cost ~1 ms per layer
+    return sorted(range(len(values)), key=lambda j: (-values[j], j))
 
 
 def n_keep(n: int, ratio: float) -> int:
