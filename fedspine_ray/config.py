@@ -200,6 +200,9 @@ class TrainingConfig:
     rounds: the run stops after the first round whose simulated clock reaches it (``rounds`` stays a cap),
     and the pruning schedule advances with simulated time instead of rounds. A method with faster rounds
     then gets the extra rounds its speed buys, which is how time-to-accuracy comparisons are meant.
+    ``sim_time_budget_fedit_rounds: N`` sets that budget from the population instead of in seconds: the
+    simulated time dense FedIT is predicted to need for ``N`` rounds on the same devices and data
+    (fedspine_ray/time_budget.py), so a comparison carries over to a task or population it was not tuned on.
     """
 
     rounds: int = 6
@@ -209,6 +212,7 @@ class TrainingConfig:
     weight_decay: float = 0.0
     eval_batch_size: int = 64
     max_sim_time_s: float | None = None
+    sim_time_budget_fedit_rounds: int | None = None
 
     def budget_spent(self, sim_time_s: float) -> bool:
         """Whether a run whose simulated clock reads ``sim_time_s`` after a round stops there.
@@ -224,6 +228,17 @@ class TrainingConfig:
                 self.max_sim_time_s > 0,
                 f"{where}.max_sim_time_s",
                 "must be > 0 simulated seconds, or null (stop after `rounds` rounds)",
+            )
+        if self.sim_time_budget_fedit_rounds is not None:
+            _require(
+                self.max_sim_time_s is None,
+                f"{where}.sim_time_budget_fedit_rounds",
+                "sets max_sim_time_s from the population; fix: set only one of the two",
+            )
+            _require(
+                1 <= self.sim_time_budget_fedit_rounds <= 100_000,
+                f"{where}.sim_time_budget_fedit_rounds",
+                "must be in [1, 100000] rounds of dense FedIT, or null",
             )
         _require(1 <= self.local_steps <= 100_000, f"{where}.local_steps", "must be >= 1")
         _require(1 <= self.batch_size <= 4096, f"{where}.batch_size", "must be in [1, 4096]")
@@ -507,6 +522,13 @@ class ExperimentConfig:
             not self.task.instruction or self.data.source == "files",
             "task.instruction",
             "instruction data is read from JSONL/CSV files; fix: set data.source: files and data.train_path",
+        )
+        _require(
+            self.training.sim_time_budget_fedit_rounds is None
+            or (bool(self.devices.mix) and self.runtime.clock == "simulated"),
+            "training.sim_time_budget_fedit_rounds",
+            "predicts simulated device time: needs devices.mix and runtime.clock: simulated; "
+            "fix: set training.max_sim_time_s instead",
         )
 
     def resolved_output_dir(self) -> Path:

@@ -67,8 +67,12 @@ class ResultsWriter:
         if resume_after is not None:
             self.round_rows = _rows_up_to(self.output_dir / ROUNDS_FILE, resume_after)
             self.client_rows = _rows_up_to(self.output_dir / CLIENTS_FILE, resume_after)
-        atomic_write_text(self.output_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
+        self.write_config(config)
         atomic_write_text(self.output_dir / VERSIONS_FILE, json.dumps(library_versions(), indent=2))
+
+    def write_config(self, config: ExperimentConfig) -> None:
+        """``config.yaml``: the run's effective config (again once set-up resolved a derived value)."""
+        atomic_write_text(self.output_dir / CONFIG_FILE, yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     def add_round(self, round_row: dict[str, Any], client_rows: list[dict[str, Any]]) -> None:
         self.round_rows.append(round_row)

@@ -96,6 +96,7 @@ def run_experiment(
     every = config.runtime.checkpoint_every
     # A resumed run's writer starts once the checkpoint's round is known (it keeps the rows up to it).
     writer = None if resume else ResultsWriter(output_dir, config)
+    budget_rounds = config.training.sim_time_budget_fedit_rounds  # resolved into max_sim_time_s at set-up
     server_options = {
         "num_cpus": 0,
         "num_gpus": config.server.num_gpus,
@@ -114,6 +115,21 @@ def run_experiment(
             info["model_dir"],
             info["total_params"] / 1e6,
         )
+        if budget_rounds is not None:  # the server predicted it from the population (time_budget.py)
+            config = config.with_overrides(
+                {
+                    "training.max_sim_time_s": info["max_sim_time_s"],
+                    "training.sim_time_budget_fedit_rounds": None,
+                }
+            )
+            log.info(
+                "simulated-time budget %.1f s: dense FedIT's predicted time for %d rounds "
+                "(training.sim_time_budget_fedit_rounds)",
+                info["max_sim_time_s"],
+                budget_rounds,
+            )
+            if writer is not None:
+                writer.write_config(config)
         first_round = 0
         if checkpoint is not None:
             first_round = ray.get(server.restore_state.remote(checkpoint)) + 1
@@ -164,6 +180,8 @@ def run_experiment(
         "final_accuracy": float(rounds["test_accuracy"].iloc[-1]),
         "best_accuracy": float(rounds["test_accuracy"].max()),
         "sim_time_s": float(rounds["sim_time_s"].iloc[-1]),
+        "max_sim_time_s": config.training.max_sim_time_s,
+        "sim_time_budget_fedit_rounds": budget_rounds,
         "wall_time_s": time.perf_counter() - wall_start,
         "output_dir": str(output_dir),
     }

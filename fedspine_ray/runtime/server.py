@@ -6,6 +6,7 @@ touches the model (selection, broadcast through the object store, aggregation, e
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -48,6 +49,7 @@ from fedspine_ray.runtime.transfer import static_tensor_names, strip_static
 from fedspine_ray.server_backend import build_backend
 from fedspine_ray.strategies import ClientAssignment, ClientOutcome, ServerContext, build_strategy
 from fedspine_ray.tasks import build_task, majority_accuracy
+from fedspine_ray.time_budget import predicted_fedit_time
 
 log = logging.getLogger("fedspine_ray.server")
 #: Simulated-time breakdown of each client's round (DeviceTimer.close_round): download + compute + upload =
@@ -114,6 +116,8 @@ class FederatedServer:
         parts = partition_indices(data.partition_labels, cfg.clients.num_clients, cfg.partition, cfg.seed)
         self.devices: list[ClientDevice] = build_client_devices(cfg)
         self.timer = DeviceTimer(cfg, self.devices)
+        if cfg.training.sim_time_budget_fedit_rounds is not None:
+            cfg = self.config = self._with_fedit_time_budget(train, parts)
         calibration = train.subset(
             np.arange(min(len(train), cfg.training.batch_size * cfg.pruning.calibration_batches))
         )
@@ -144,7 +148,27 @@ class FederatedServer:
             "labels": data.label_names,
             "model_dir": str(model_dir),
             "total_params": sum(p.numel() for p in self.global_model.parameters()),
+            "max_sim_time_s": cfg.training.max_sim_time_s,
         }
+
+    def _with_fedit_time_budget(self, train: TokenizedSplit, parts: list[np.ndarray]) -> ExperimentConfig:
+        """The config with ``max_sim_time_s`` set to dense FedIT's predicted time (fedspine_ray/time_budget.py)."""
+        cfg = self.config
+        rounds = cfg.training.sim_time_budget_fedit_rounds
+        assert rounds is not None
+        budget = predicted_fedit_time(
+            cfg,
+            rounds,
+            self.global_model,
+            self.devices,
+            self.timer,
+            {cid: train.subset(part) for cid, part in enumerate(parts)},
+            lora_targets(self.global_model, cfg.lora.target_modules),
+            head_module_names(self.global_model),
+            self._select_clients,
+        )
+        training = dataclasses.replace(cfg.training, max_sim_time_s=budget, sim_time_budget_fedit_rounds=None)
+        return dataclasses.replace(cfg, training=training)
 
     def _start_clients(self, shards: dict[int, TokenizedSplit]) -> None:
         """Create the clients' processes for ``clients.placement`` (runtime/pool.py) and wait for them.
