@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fedspine_ray.config import ConfigError
+from fedspine_ray.config import ConfigError, load_config
 from fedspine_ray.results import ROUNDS_FILE
 from fedspine_ray.sweep import TRIAL_FILE, TRIALS_FILE, load_sweep, run_sweep, sweep_from_dict
 
@@ -123,7 +123,7 @@ def test_shipped_sweeps_load():
 
 def test_testbed80_comparison_runs_the_shipped_fedspine_on_the_80_jetsons():
     spec = load_sweep(TUNE_CONFIGS / "paper_comparison_testbed80.yaml")
-    assert set(spec.variants) == {"fedit", "hetlora", "fedit_pruned", "fedspine", "fedspine_fill"}
+    assert set(spec.variants) == {"fedit", "hetlora", "fedit_pruned", "fedspine", "fedspine_matched"}
     assert len(spec.search_space["seed"].values) >= 3
     configs = {name: spec.trial_config({"variant": name, "seed": 0}) for name in spec.variants}
     shipped = load_sweep(TUNE_CONFIGS / "paper_comparison.yaml").trial_config(
@@ -134,8 +134,12 @@ def test_testbed80_comparison_runs_the_shipped_fedspine_on_the_80_jetsons():
         assert set(config.devices.mix) == {"jetson_tx2", "xavier_nx", "agx_xavier"}
         assert config.bandit.algorithm == shipped.bandit.algorithm  # the same FedSpine as the 16-device sweep
         assert config.pruning == shipped.pruning
-    fill = configs["fedspine_fill"]
-    assert fill.bandit.fill_budget and fill.training.max_sim_time_s == 47 and fill.training.rounds == 40
+    matched = configs.pop("fedspine_matched")  # testbed80.yaml as shipped: FedIT's time for 10 rounds there
+    assert matched.training == load_config(REPO / "fedspine_ray/configs/testbed80.yaml").training
+    assert matched.bandit.fill_budget and matched.training.sim_time_budget_fedit_rounds == 10
+    for config in configs.values():  # baselines and the paper's FedSpine: 10 rounds, no budget, no fill
+        assert config.training.rounds == 10 and config.training.sim_time_budget_fedit_rounds is None
+        assert not config.bandit.fill_budget
     assert configs["fedit_pruned"].method.prune_global and not configs["fedit"].method.prune_global
 
 
@@ -186,7 +190,13 @@ def test_paper_comparison_sweep_validates():
     unpruned, pruned = {"fedit", "hetlora", "flexlora"}, {"fedit_pruned", "fixed_ratio", "random_arms"}
     ablations = {"fedspine_no_bandit", "fedspine_no_prune", "fedspine_no_rank"}
     # method fedspine with other settings: bandit, or a simulated-time budget instead of 10 rounds
-    fedspine_settings = {"fedspine_no_time_model", "fedspine_grid", "fedspine_timed", "fedspine_fill"}
+    fedspine_settings = {
+        "fedspine_no_time_model",
+        "fedspine_grid",
+        "fedspine_timed",
+        "fedspine_fill",
+        "fedspine_matched",
+    }
     assert set(spec.variants) == unpruned | pruned | ablations | fedspine_settings | {
         "fedspine",
         "prune_then_tune",
@@ -207,15 +217,21 @@ def test_paper_comparison_sweep_validates():
     assert set(movies.variants) == set(spec.variants)
     assert movies.trial_config({"variant": "fedspine", "seed": 0}).data.source == "rotten_tomatoes"
     shipped = load_sweep(TUNE_CONFIGS / "fedspine_vs_baselines.yaml").base_config()  # fedspine.yaml
+    matched = configs.pop("fedspine_matched")  # the shipped FedSpine: FedIT's time for 10 rounds, with the fill
+    assert matched.training == shipped.training and matched.bandit == shipped.bandit
+    assert shipped.training.sim_time_budget_fedit_rounds == 10 and shipped.bandit.fill_budget
     timed = configs.pop("fedspine_timed").training
-    assert (timed.max_sim_time_s, timed.rounds) == (120, 40)
+    assert (timed.max_sim_time_s, timed.rounds, timed.sim_time_budget_fedit_rounds) == (120, 40, None)
     fill = configs.pop("fedspine_fill")  # fedspine_timed plus local steps that fill the round
     assert fill.training == timed and fill.bandit.fill_budget
     assert not configs["fedspine"].bandit.fill_budget
-    assert dataclasses.replace(timed, max_sim_time_s=None, rounds=shipped.training.rounds) == shipped.training
+    # everyone else as the comparison was measured: 10 rounds, no time budget, no fill
+    measured = dataclasses.replace(shipped.training, rounds=10, sim_time_budget_fedit_rounds=None)
+    assert dataclasses.replace(timed, max_sim_time_s=None, rounds=10) == measured
     for config in configs.values():  # the same population, data, rounds and sparsity target for everyone
         assert config.devices.mix == shipped.devices.mix and config.clients == shipped.clients
-        assert config.training == shipped.training and config.pruning == shipped.pruning
+        assert config.training == measured and config.pruning == shipped.pruning
+        assert not config.bandit.fill_budget
 
 
 def test_smoke_sweep_runs_two_real_tune_trials(ray_session, tiny_llama_dir, tiny_text_csv, tmp_path):
