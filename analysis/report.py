@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="variant speed-ups are measured against (repeatable; default: fedit if present)",
     )
-    parser.add_argument("--focus", default=DEFAULT_FOCUS, help="variant the notes compare with the others")
+    parser.add_argument(
+        "--focus",
+        action="append",
+        default=None,
+        help=f"variant the notes compare with the others (repeatable; default: {DEFAULT_FOCUS})",
+    )
     parser.add_argument(
         "--confidence", type=float, default=0.95, help="interval level (Student t over seeds)"
     )
@@ -148,7 +153,7 @@ def build_report(
     clients: pd.DataFrame,
     targets: Sequence[float] | None = None,
     baselines: Sequence[str] | None = None,
-    focus: str = DEFAULT_FOCUS,
+    focus: str | Sequence[str] = DEFAULT_FOCUS,
     confidence: float = 0.95,
     horizon_s: float | None = None,
     prior_summary: pd.DataFrame | None = None,
@@ -156,7 +161,9 @@ def build_report(
     """Compute every table of the report from loaded runs (:func:`analysis.tables.load_runs`).
 
     ``horizon_s``: the time of the equal-time table; default :func:`analysis.comparison.common_horizon`.
+    ``focus``: the variant(s) whose speed and accuracy the notes state against the others.
     """
+    focuses = [focus] if isinstance(focus, str) else list(focus)
     probe = comparison.run_summary(rounds, clients, [])
     chosen = sorted(targets) if targets else comparison.default_targets(probe)
     horizon = comparison.common_horizon(rounds) if horizon_s is None else horizon_s
@@ -174,7 +181,7 @@ def build_report(
     missing = [b for b in baselines if b not in variants]
     if missing:
         raise ValueError(f"--baseline {missing[0]!r} is not among the variants {sorted(variants)}")
-    order = [*baselines, focus]
+    order = [*baselines, *focuses]
     level = f"{confidence:.0%}"
     report = Report(chosen, baselines, summary)
     report.notes.extend(prior_notes)
@@ -191,16 +198,19 @@ def build_report(
         report.sections[f"Speed-up vs {baseline}: geometric mean over seeds [{level} CI], paired by seed"] = (
             _speed_view(speed)
         )
-        report.notes.extend(_speed_notes(speed, focus))
+        for one in focuses:
+            report.notes.extend(_speed_notes(speed, one))
     acc = comparison.accuracy_table(summary, confidence, order)
     report.sections[f"Accuracy at equal sparsity: mean [{level} CI] over seeds"] = _accuracy_view(acc)
-    report.notes.extend(_accuracy_notes(acc, focus))
+    for one in focuses:
+        report.notes.extend(_accuracy_notes(acc, one))
     report.sections[
         f"Accuracy at equal simulated time ({horizon:.4g} s, {which}): mean [{level} CI] over seeds"
     ] = _horizon_view(acc)
-    report.notes.extend(
-        _accuracy_notes(acc, focus, column="accuracy_at_horizon", label=f"at {horizon:.4g} s")
-    )
+    for one in focuses:
+        report.notes.extend(
+            _accuracy_notes(acc, one, column="accuracy_at_horizon", label=f"at {horizon:.4g} s")
+        )
     report.breakdown = comparison.breakdown_by_variant(clients, summary, order)
     if not report.breakdown.empty:
         report.sections["Per-round time breakdown (simulated s per round, mean over rounds and seeds)"] = (
@@ -433,7 +443,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         prior = pd.read_parquet(args.prior_summary) if args.prior_summary else None
         report = build_report(
-            rounds, clients, args.target, args.baseline, args.focus, args.confidence, args.horizon, prior
+            rounds,
+            clients,
+            args.target,
+            args.baseline,
+            args.focus or DEFAULT_FOCUS,
+            args.confidence,
+            args.horizon,
+            prior,
         )
     except (ValueError, FileNotFoundError) as exc:
         print(f"analysis.report: {exc}", file=sys.stderr)

@@ -471,3 +471,15 @@ def test_accuracy_at_equal_time_default_and_chosen_horizon(seeded_runs):
         if "equal simulated" in t
     )
     assert "25 s, --horizon" in title
+
+
+def test_several_focus_variants_each_get_their_notes(seeded_runs):
+    """``--focus`` repeats: the speed and accuracy notes are stated for every focus variant."""
+    rounds, clients = tables.load_runs(seeded_runs / "*")
+    one = report.build_report(rounds, clients, [0.6], ["fedit"], focus="fedspine")
+    both = report.build_report(rounds, clients, [0.6], ["fedit"], focus=["fedspine", "hetlora_pruned"])
+    assert any(n.startswith("fedspine vs fedit") for n in one.notes)
+    assert not any("hetlora_pruned vs" in n or "accuracy hetlora_pruned" in n for n in one.notes)
+    assert any(n.startswith("hetlora_pruned vs fedit") for n in both.notes)
+    assert any("final accuracy hetlora_pruned" in n for n in both.notes)
+    assert set(one.notes) < set(both.notes)
