@@ -217,7 +217,9 @@ def test_paper_comparison_sweep_validates():
     assert set(movies.variants) == set(spec.variants)
     assert movies.trial_config({"variant": "fedspine", "seed": 0}).data.source == "rotten_tomatoes"
     shipped = load_sweep(TUNE_CONFIGS / "fedspine_vs_baselines.yaml").base_config()  # fedspine.yaml
-    matched = configs.pop("fedspine_matched")  # the shipped FedSpine: FedIT's time for 10 rounds, with the fill
+    matched = configs.pop(
+        "fedspine_matched"
+    )  # the shipped FedSpine: FedIT's time for 10 rounds, with the fill
     assert matched.training == shipped.training and matched.bandit == shipped.bandit
     assert shipped.training.sim_time_budget_fedit_rounds == 10 and shipped.bandit.fill_budget
     timed = configs.pop("fedspine_timed").training
