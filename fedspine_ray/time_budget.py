@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from torch import nn
 
-from fedspine_ray.adapters import linear_shapes, model_bytes
+from fedspine_ray.adapters import model_bytes
 from fedspine_ray.clock import estimate_training_flops, round_end_time, simulated_round_time
 from fedspine_ray.config import ExperimentConfig
 from fedspine_ray.data.tokens import TokenizedSplit
-from fedspine_ray.runtime.device_sim import ClientDevice, DeviceTimer
+from fedspine_ray.runtime.device_sim import ClientDevice, DeviceTimer, lora_trainable_params
 
 __all__ = ["expected_tokens_per_step", "predicted_fedit_time"]
 
@@ -63,14 +63,8 @@ def predicted_fedit_time(
     ``select(rnd)`` gives the round's selected client ids (the server's seeded sampling).
     """
     training, rank = config.training, config.lora.rank
-    adapters = sum(rank * (out_f + in_f) for out_f, in_f in linear_shapes(model, list(lora_targets)).values())
-    head = sum(
-        p.numel()
-        for name, module in model.named_modules()
-        if name in head_modules
-        for p in module.parameters()
-    )
-    exchanged = (adapters + head) * _BYTES_PER_PARAM  # down and up, every round
+    # adapters and head, down and up every round
+    exchanged = lora_trainable_params(model, lora_targets, rank, head_modules) * _BYTES_PER_PARAM
     whole = model_bytes(model)
     tokens = {
         d.client_id: expected_tokens_per_step(
