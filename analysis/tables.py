@@ -24,7 +24,7 @@ CONFIG_FILE = "config.yaml"
 #: runs after the sweep directory is gone.
 ARCHIVED_ROUNDS_FILE = "runs_rounds.parquet"
 ARCHIVED_CLIENTS_FILE = "runs_clients.parquet"
-#: Written by a sweep trial (fedspine_ray/sweep.py TRIAL_FILE): its variant name and parameters.
+#: Written by a sweep trial (fedspine_ray/launch/tune.py TRIAL_FILE): its variant name and parameters.
 TRIAL_FILE = "trial.json"
 
 

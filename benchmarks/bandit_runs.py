@@ -14,7 +14,7 @@ import math
 
 import pandas as pd
 
-from fedspine_ray.results import read_run
+from fedspine_ray.launch.results import read_run
 
 
 def time_to(rounds: pd.DataFrame, target: float) -> float:

@@ -5,7 +5,7 @@ script measures, on the shipped MiniLM + tweet task, the Spearman rank correlati
 each estimate with the server's Taylor scores over ``--reference-batches`` batches:
 
 * ``taylor_2``: the server's Taylor over 2 calibration batches (what ``pruning.where: server`` uses);
-* ``activation`` / ``lora_gradient``: the device estimates (fedspine_ray/local_pruning.py) over
+* ``activation`` / ``lora_gradient``: the device estimates (fedspine_ray/pruning/local.py) over
   ``--device-batches`` batches, with a fresh LoRA adapter as a device has in its first round.
 
     python benchmarks/bench_local_importance.py --json-out /tmp/local_importance.json
@@ -20,11 +20,10 @@ import json
 import numpy as np
 import torch
 
-from fedspine_ray.adapters import attach_lora, init_factors, linear_shapes, load_factors
 from fedspine_ray.config import load_config
 from fedspine_ray.data import load_data, tokenize
-from fedspine_ray.local_pruning import LocalPruner, LocalPruningTask
-from fedspine_ray.models import (
+from fedspine_ray.modeling.adapters import attach_lora, init_factors, load_factors, lora_target_shapes
+from fedspine_ray.modeling.loading import (
     head_module_names,
     load_classifier,
     load_tokenizer,
@@ -32,6 +31,7 @@ from fedspine_ray.models import (
     resolve_model_path,
 )
 from fedspine_ray.pruning import UnitImportance, compute_importance
+from fedspine_ray.pruning.local import LocalPruner, LocalPruningTask
 
 
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -57,7 +57,7 @@ def device_scores(model, targets, batches, method: str, rank: int, seed: int) ->
         targets=targets,
         trainable_modules=head_module_names(model),
     )
-    load_factors(wrapped, init_factors(linear_shapes(model, targets), rank, seed=seed))
+    load_factors(wrapped, init_factors(lora_target_shapes(model, targets), rank, seed=seed))
     pruner = LocalPruner(
         wrapped, LocalPruningTask({"attention": {}, "mlp": {}}, every=10**6, importance=method), 1
     )

@@ -40,9 +40,9 @@ if str(REPO_ROOT) not in sys.path:  # `analysis` is a top-level folder of the re
     sys.path.insert(0, str(REPO_ROOT))
 
 from analysis.tables import final_metrics, speedup_vs, time_to_accuracy, to_markdown  # noqa: E402
-from fedspine_ray.cli_options import add_override_argument, parse_overrides  # noqa: E402
 from fedspine_ray.config import ConfigError, ExperimentConfig, load_config, shipped_config_path  # noqa: E402
-from fedspine_ray.results import atomic_write_text, library_versions  # noqa: E402
+from fedspine_ray.launch.overrides import add_override_argument, parse_overrides  # noqa: E402
+from fedspine_ray.launch.results import atomic_write_text, library_versions  # noqa: E402
 
 EXIT_CONFIG_ERROR = 2
 AUTO_TARGET_FRACTION = 0.95
@@ -193,12 +193,17 @@ def run_methods(
     """Run every method on one Ray; returns (rounds of all runs with a ``run`` column, wall times, errors)."""
     import ray
 
-    from fedspine_ray.runner import ensure_ray, run_experiment
+    from fedspine_ray.launch.ray_session import ensure_ray, local_custom_resources
+    from fedspine_ray.runner import run_experiment
 
     frames, wall, errors = [], {}, {}
     # One Ray for all methods: every method gets the same cluster (custom device resources come from
     # devices.mix, which --set applies to all methods alike), and Ray start-up is not in any wall time.
-    started = ensure_ray(address if address is not None else base.runtime.address, base, quiet=quiet)
+    started = ensure_ray(
+        address if address is not None else base.runtime.address,
+        local_custom_resources([base.devices]),
+        quiet=quiet,
+    )
     try:
         for method in methods:
             config = base.with_overrides({"method.name": method, "output_dir": str(out_dir / method)})

@@ -145,11 +145,11 @@ class LoraRunner(Runner):
     """A pruned causal LM with a fresh LoRA (rank 8, all projections); ``step`` trains the adapters only."""
 
     def __init__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> None:
-        from fedspine_ray.adapters import attach_lora
-        from fedspine_ray.models import DEFAULT_LORA_TARGETS
+        from fedspine_ray.modeling.adapters import attach_lora
+        from fedspine_ray.modeling.loading import lora_targets
 
         super().__init__(model, batch)
-        self.peft = attach_lora(model, 8, 16.0, 0.0, DEFAULT_LORA_TARGETS["llama"], [])
+        self.peft = attach_lora(model, 8, 16.0, 0.0, lora_targets(model, "auto"), [])
         self.opt = torch.optim.AdamW([p for p in self.peft.parameters() if p.requires_grad], lr=1e-3)
 
     def step(self) -> float:
@@ -177,8 +177,8 @@ def smollm2_bench(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from fedspine_ray.config import load_config, shipped_config_path
-    from fedspine_ray.models import load_tokenizer, resolve_model_path
-    from fedspine_ray.tasks import CausalLMTask
+    from fedspine_ray.modeling.loading import load_tokenizer, resolve_model_path
+    from fedspine_ray.modeling.tasks import CausalLMTask
 
     cfg = load_config(
         shipped_config_path("fedspine-smollm2.yaml"),

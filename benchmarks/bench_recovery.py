@@ -19,10 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedspine_ray.adapters import attach_lora
 from fedspine_ray.config import DataConfig
 from fedspine_ray.data import load_data, tokenize
-from fedspine_ray.models import (
+from fedspine_ray.launch.results import atomic_write_text, library_versions
+from fedspine_ray.modeling.adapters import attach_lora
+from fedspine_ray.modeling.loading import (
     head_module_names,
     load_classifier,
     load_tokenizer,
@@ -37,7 +38,6 @@ from fedspine_ray.pruning import (
     plan_for_ratio,
     prunable_units,
 )
-from fedspine_ray.results import atomic_write_text, library_versions
 
 
 def accuracy(model: torch.nn.Module, split, batch_size: int = 64) -> float:

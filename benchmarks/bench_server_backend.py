@@ -56,8 +56,8 @@ def measure(args: argparse.Namespace, setting: str, scores_path: str) -> dict[st
     import torch
 
     from fedspine_ray.config import config_from_dict
-    from fedspine_ray.models import load_classifier, resolve_model_path
-    from fedspine_ray.server_backend import build_backend
+    from fedspine_ray.modeling.backend import build_backend
+    from fedspine_ray.modeling.loading import load_classifier, resolve_model_path
 
     torch.set_num_threads(args.threads)
     server = dict(SETTINGS[setting], num_gpus=args.num_gpus if setting != "torch" else 0)
@@ -155,7 +155,7 @@ def main() -> None:
         print(json.dumps(measure(args, args.one, args.scores)))
         return
 
-    from fedspine_ray.models import resolve_model_path
+    from fedspine_ray.modeling.loading import resolve_model_path
 
     resolve_model_path(args.model)  # converts a GGUF once (cached), outside the measured processes
     settings = [s.strip() for s in args.settings.split(",") if s.strip()]

@@ -22,8 +22,8 @@ import math
 
 import numpy as np
 
-from fedspine_ray.bandit import DiscountedUCB
-from fedspine_ray.sucb import SmoothUCB, allowed_ranks, allowed_ratios
+from fedspine_ray.bandits.sucb import SmoothUCB, allowed_ranks, allowed_ratios
+from fedspine_ray.bandits.ucb import DiscountedUCB
 
 RATIOS = allowed_ratios(0.0, 0.6, 0.05)
 RANKS = allowed_ranks(4, 8)

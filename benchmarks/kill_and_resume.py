@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fedspine_ray.checkpoint import checkpoint_round
-from fedspine_ray.results import read_run
+from fedspine_ray.launch.results import read_run
+from fedspine_ray.runtime.checkpoint import checkpoint_round
 
 ROUND_COLUMNS = ["round", "sim_time_s", "bytes_down", "bytes_up", "train_loss", "test_loss", "test_accuracy"]
 EXACT = ["sim_time_s", "bytes_down", "bytes_up"]

@@ -1,18 +1,20 @@
-"""``fedspine`` command line: ``fedspine run [CONFIG] [--address auto] [--set key=value ...]``."""
+"""``fedspine`` command line: ``run``, ``show-config`` and ``sweep``.
+
+Every command parses and validates its input before Ray is imported: a bad config, data file or model is
+one ``fedspine: config error: <field>: <problem>; fix: ...`` line and exit code 2, in about a second.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import yaml
 
-from fedspine_ray.cli_options import add_override_argument, parse_overrides
 from fedspine_ray.config import ConfigError, load_config
-from fedspine_ray.preflight import check_inputs
-from fedspine_ray.sweep import add_sweep_command, run_sweep_command
+from fedspine_ray.launch.overrides import add_override_argument, parse_overrides
 
 EXIT_CONFIG_ERROR = 2
 
@@ -35,34 +37,59 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show-config", help="print the validated config (defaults filled in)")
     show.add_argument("config", nargs="?")
     add_override_argument(show, "override a config field (repeatable)")
-    add_sweep_command(commands)
+    sweep = commands.add_parser("sweep", help="run a Ray Tune sweep of federated experiments")
+    sweep.add_argument("sweep_file", help="sweep YAML (see tune_configs/ and docs/sweeps.md)")
+    sweep.add_argument("--address", default=None, help="Ray address; 'auto' joins a running cluster")
+    sweep.add_argument("--storage-path", default=None, help="override the sweep's storage_path")
+    add_override_argument(
+        sweep, "fixed override of the base config for every trial, e.g. --set training.rounds=2 (repeatable)"
+    )
+    sweep.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated subset of the sweep's variants to run, e.g. --variants fedit,fedspine",
+    )
+    sweep.add_argument("--quiet", action="store_true", help="less Tune output")
+    sweep.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted sweep (Tuner.restore): finished trials are not run again",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    if args.command == "sweep":
-        return run_sweep_command(args)
+    command: Callable[[argparse.Namespace], int] = {
+        "run": _run,
+        "show-config": _show_config,
+        "sweep": _sweep,
+    }[args.command]
     try:
-        overrides = parse_overrides(args.overrides)
-        if getattr(args, "output_dir", None):
-            overrides["output_dir"] = args.output_dir
-        if getattr(args, "resume", None):
-            from fedspine_ray.checkpoint_files import resume_config
-
-            config = resume_config(args.resume, args.config, overrides)
-        else:
-            config = load_config(args.config, overrides)
-        if args.command == "run":
-            check_inputs(config)  # model/data files and sources: caught here, not in the server actor
-    except ConfigError as exc:
+        return command(args)
+    except ConfigError as exc:  # raised before Ray starts (every command validates first)
         print(f"fedspine: config error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
         return EXIT_CONFIG_ERROR
-    if args.command == "show-config":
-        print(yaml.safe_dump(config.to_dict(), sort_keys=False))
-        return 0
-    from fedspine_ray.runner import run_experiment  # imports Ray; only after the config is known good
+
+
+def _show_config(args: argparse.Namespace) -> int:
+    config = load_config(args.config, parse_overrides(args.overrides))
+    print(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    overrides = parse_overrides(args.overrides)
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    if args.resume:
+        from fedspine_ray.launch.checkpoint_files import resume_config
+
+        config = resume_config(args.resume, args.config, overrides)
+    else:
+        config = load_config(args.config, overrides)
+    from fedspine_ray.runner import run_experiment  # checks the inputs, then imports Ray
 
     result = run_experiment(config, address=args.address, quiet=args.quiet, resume=bool(args.resume))
     s = result.summary
@@ -71,6 +98,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         f", simulated {s['sim_time_s']:.1f}s, wall {s['wall_time_s']:.0f}s; results in {s['output_dir']}"
     )
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """``fedspine sweep``: exit 2 on a config error (before Ray starts), 1 if any trial failed."""
+    from fedspine_ray.launch.sweep_spec import TRIALS_FILE, load_sweep, select_variants, with_storage
+
+    spec = load_sweep(args.sweep_file, parse_overrides(args.overrides))
+    if args.storage_path:
+        spec = with_storage(spec, args.storage_path)
+    if args.variants:
+        spec = select_variants(spec, [v.strip() for v in args.variants.split(",") if v.strip()])
+    from fedspine_ray.launch.tune import check_resumable, run_sweep
+
+    if args.resume:
+        check_resumable(spec)
+    table = run_sweep(spec, address=args.address, quiet=args.quiet, resume=args.resume)
+    shown = ["trial_id", *spec.param_keys, "status", "test_accuracy", f"best_{spec.metric}", "sim_time_s"]
+    print(table[[c for c in shown if c in table]].to_string(index=False))
+    print(f"trials table: {spec.sweep_dir / TRIALS_FILE}")
+    return 1 if (table["status"] != "ok").any() else 0
 
 
 if __name__ == "__main__":

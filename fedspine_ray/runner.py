@@ -7,7 +7,6 @@ entry point shared by the CLI, the tests and Ray Tune trainables.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,31 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import ray
 from tqdm.auto import tqdm
 
 from fedspine_ray.config import ExperimentConfig
-from fedspine_ray.devices import local_custom_resources
-from fedspine_ray.preflight import check_inputs
-from fedspine_ray.results import ResultsWriter
+from fedspine_ray.launch.checkpoint_files import checkpoint_bytes, write_checkpoint_file
+from fedspine_ray.launch.preflight import check_inputs
+from fedspine_ray.launch.ray_session import ensure_ray, local_custom_resources
+from fedspine_ray.launch.results import ResultsWriter
 
 log = logging.getLogger("fedspine_ray")
-
-#: Environment every Ray worker gets: no hub access, no tokenizer thread pools fighting for 2 cores.
-#: MALLOC_ARENA_MAX keeps glibc from growing one arena per thread in each of many actor processes.
-WORKER_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "MALLOC_ARENA_MAX": "2",
-    # One line per actor otherwise: transformers' LOAD REPORT / warnings and DeepSpeed's accelerator guess.
-    "TRANSFORMERS_VERBOSITY": "error",
-    "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
-    # PEFT 0.18 asks transformers 5 a deprecated question on every LoRA wrap: one warning per worker.
-    "PYTHONWARNINGS": "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning",
-    # transformers 5 draws a "Loading weights" bar for every from_pretrained: one per actor, forwarded.
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-}
 
 
 @dataclass
@@ -48,26 +31,6 @@ class RunResult:
     rounds: pd.DataFrame
     clients: pd.DataFrame
     summary: dict[str, Any]
-
-
-def ensure_ray(address: str | None, config: ExperimentConfig, quiet: bool = False) -> bool:
-    """Connect to (``address``) or start a local Ray; returns True when this call started it."""
-    if ray.is_initialized():
-        return False
-    os.environ.update(WORKER_ENV)
-    kwargs: dict[str, Any] = {
-        "include_dashboard": False,
-        "logging_level": logging.WARNING,
-        "log_to_driver": not quiet,
-        "runtime_env": {"env_vars": WORKER_ENV},
-    }
-    if address is None:
-        kwargs["resources"] = local_custom_resources(config.devices)
-        # A new local cluster turns on token authentication (Ray's default) and warns that it did, on every
-        # start: keep the protection, drop the notice (errors from that module still show).
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address=address, **kwargs)
-    return True
 
 
 def run_experiment(
@@ -85,14 +48,15 @@ def run_experiment(
     from its ``checkpoint.pt`` (``runtime.checkpoint_every``): rounds up to the checkpoint keep their rows,
     the rest run again exactly as the uninterrupted run would have run them.
     """
-    from fedspine_ray.checkpoint_files import checkpoint_bytes, write_checkpoint_file
-    from fedspine_ray.runtime.server_actor import FederatedServerActor
-
     address = address if address is not None else config.runtime.address
     output_dir = config.resolved_output_dir()
     checkpoint = checkpoint_bytes(output_dir) if resume else None  # fails before Ray starts without one
-    check_inputs(config)  # missing files / unknown sources fail here, before a Ray start
-    started = ensure_ray(address, config, quiet)
+    check_inputs(config)  # the one pre-flight check: missing files / unknown sources fail before a Ray start
+    import ray  # only once the inputs are known good
+
+    from fedspine_ray.runtime.remote import RemoteServer
+
+    started = ensure_ray(address, local_custom_resources([config.devices]), quiet)
     every = config.runtime.checkpoint_every
     # A resumed run's writer starts once the checkpoint's round is known (it keeps the rows up to it).
     writer = None if resume else ResultsWriter(output_dir, config)
@@ -102,7 +66,7 @@ def run_experiment(
         "num_gpus": config.server.num_gpus,
         "max_restarts": 0,
     }  # GPUs: ZeRO server
-    server = ray.remote(FederatedServerActor).options(**server_options).remote(config.to_dict())
+    server = ray.remote(RemoteServer).options(**server_options).remote(config)
     wall_start = time.perf_counter()
     try:
         info = ray.get(server.setup.remote())
@@ -115,17 +79,12 @@ def run_experiment(
             info["model_dir"],
             info["total_params"] / 1e6,
         )
-        if budget_rounds is not None:  # the server predicted it from the population (time_budget.py)
-            config = config.with_overrides(
-                {
-                    "training.max_sim_time_s": info["max_sim_time_s"],
-                    "training.sim_time_budget_fedit_rounds": None,
-                }
-            )
+        if info["config"] != config:  # the server resolved a derived value (rounds/budget.py): record it
+            config = info["config"]
             log.info(
                 "simulated-time budget %.1f s: dense FedIT's predicted time for %d rounds "
                 "(training.sim_time_budget_fedit_rounds)",
-                info["max_sim_time_s"],
+                config.training.max_sim_time_s,
                 budget_rounds,
             )
             if writer is not None:

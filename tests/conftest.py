@@ -15,7 +15,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 @pytest.fixture(scope="session")
 def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer GQA LLaMA saved with save_pretrained (tokenizer borrowed from the packaged MiniLM)."""
-    from fedspine_ray.models import create_tiny_llama
+    from fedspine_ray.modeling.loading import create_tiny_llama
 
     return create_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
 
@@ -57,7 +57,7 @@ def ray_session():
     """One embedded local Ray for all Ray tests (starting Ray costs seconds on 2 cores)."""
     import ray
 
-    from fedspine_ray.runner import WORKER_ENV
+    from fedspine_ray.launch.ray_session import WORKER_ENV
 
     os.environ.update(WORKER_ENV)
     ray.init(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedspine_ray.aggregation import (
+from fedspine_ray.strategies.aggregate import (
     AGGREGATORS,
     ClientLoRA,
     InvalidUpdateError,

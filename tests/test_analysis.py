@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from analysis import comparison, report, stats, tables
-from fedspine_ray.results import CLIENTS_FILE, ROUNDS_FILE
+from fedspine_ray.launch.results import CLIENTS_FILE, ROUNDS_FILE
 
 
 def round_rows(method: str, accuracies: list[float], sim_times: list[float]) -> pd.DataFrame:

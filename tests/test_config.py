@@ -27,6 +27,17 @@ def test_shipped_default_config_is_valid():
         ({"lora": {"rank": 2.5}}, "lora.rank"),
         ({"bogus": 1}, "bogus"),
         ({"devices": {"round_policy": "deadline"}}, "devices.deadline_s"),
+    ],
+)
+def test_bad_values_name_the_field(raw, field):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert str(info.value).startswith(field + ":"), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
         ({"devices": {"mix": {"jetson_nano": 1, "toaster": 1}}}, "devices.mix"),
         (
             {"devices": {"mix": {"jetson_nano": 1}, "profiles_path": "/nonexistent.yaml"}},
@@ -34,9 +45,12 @@ def test_shipped_default_config_is_valid():
         ),
     ],
 )
-def test_bad_values_name_the_field(raw, field):
+def test_device_catalogue_is_checked_before_ray(raw, field):
+    """Device classes and profile files are inputs (launch/preflight.py), checked before Ray like data files."""
+    from fedspine_ray.launch.preflight import check_inputs
+
     with pytest.raises(ConfigError) as info:
-        config_from_dict(raw)
+        check_inputs(config_from_dict(raw))
     assert str(info.value).startswith(field + ":"), str(info.value)
 
 
@@ -81,11 +95,11 @@ def test_missing_config_file_is_a_config_error(tmp_path):
 
 
 def test_launcher_side_names_equal_the_registries():
-    """Configs are validated without torch from fedspine_ray.names; the registries are the truth."""
-    from fedspine_ray.aggregation import AGGREGATORS
-    from fedspine_ray.names import AGGREGATOR_NAMES, IMPORTANCE_NAMES, METHOD_NAMES
+    """Configs are validated without torch from fedspine_ray.config.names; the registries are the truth."""
+    from fedspine_ray.config.names import AGGREGATOR_NAMES, IMPORTANCE_NAMES, METHOD_NAMES
     from fedspine_ray.pruning import IMPORTANCE_METHODS
     from fedspine_ray.strategies import STRATEGIES
+    from fedspine_ray.strategies.aggregate import AGGREGATORS
 
     assert sorted(METHOD_NAMES) == sorted(STRATEGIES)
     assert sorted(AGGREGATOR_NAMES) == sorted(AGGREGATORS)
@@ -97,7 +111,7 @@ def test_loading_and_checking_a_config_imports_no_torch(tmp_path):
     code = (
         "import sys\n"
         "from fedspine_ray.config import load_config\n"
-        "from fedspine_ray.preflight import check_inputs\n"
+        "from fedspine_ray.launch.preflight import check_inputs\n"
         "import fedspine_ray.runner\n"
         "check_inputs(load_config(None, {'method.name': 'fedspine', 'pruning.importance': 'taylor'}))\n"
         "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))\n"

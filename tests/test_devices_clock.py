@@ -7,24 +7,22 @@ from collections import Counter
 
 import pytest
 
-from fedspine_ray.clock import (
+from fedspine_ray.devices import (
+    DeviceConditions,
+    DeviceProfile,
+    SlowdownEvent,
+    assign_devices,
+    conditions_at,
+    load_device_profiles,
+)
+from fedspine_ray.devices.cost import (
     RoundTime,
-    SimulatedClock,
     estimate_training_flops,
     estimate_training_memory,
     fits_in_memory,
     forward_flops_per_token,
     round_end_time,
     simulated_round_time,
-)
-from fedspine_ray.devices import (
-    DeviceConditions,
-    DeviceProfile,
-    DeviceState,
-    SlowdownEvent,
-    assign_devices,
-    conditions_at,
-    load_device_profiles,
 )
 
 
@@ -112,10 +110,10 @@ def test_conditions_deterministic_and_fluctuating():
 
 def test_slowdown_event_hook():
     p = DeviceProfile("x", 100.0, 1.0, 8.0, 8.0)
-    st = DeviceState(p, client_id=2, seed=0)
-    st.add_event(from_round=10, multiplier=0.25)
-    assert st.at(9).flops_per_s == 100.0 and st.at(10).flops_per_s == 25.0
-    assert st.at(10).uplink_bps == 8.0  # network untouched by default
+    slow = [SlowdownEvent(client_id=2, from_round=10, multiplier=0.25)]
+    assert conditions_at(p, 2, 9, 0, slow).flops_per_s == 100.0
+    assert conditions_at(p, 2, 10, 0, slow).flops_per_s == 25.0
+    assert conditions_at(p, 2, 10, 0, slow).uplink_bps == 8.0  # network untouched by default
     ev = SlowdownEvent(client_id=1, from_round=0, multiplier=0.5, until_round=3, network=True)
     assert conditions_at(p, 1, 2, 0, [ev]).uplink_bps == 4.0
     assert conditions_at(p, 1, 3, 0, [ev]).uplink_bps == 8.0
@@ -142,10 +140,6 @@ def test_round_end_time_policies():
     assert round_end_time([1.0, 2.0], "deadline", deadline_s=6.0).end_time == 2.0
     with pytest.raises(ValueError, match="deadline_s"):
         round_end_time(times, "deadline")
-    clock = SimulatedClock()
-    clock.advance_round(o)
-    clock.advance(1.5)
-    assert clock.now() == 7.5
 
 
 def test_memory_model_hand_computed_and_fit():

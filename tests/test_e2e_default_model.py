@@ -3,7 +3,7 @@
 import pytest
 
 from fedspine_ray.config import load_config, shipped_config_path
-from fedspine_ray.results import read_run
+from fedspine_ray.launch.results import read_run
 from fedspine_ray.runner import run_experiment
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedspine_ray.results import read_run
+from fedspine_ray.launch.results import read_run
 from fedspine_ray.runner import run_experiment
 
 from .test_e2e_ray import tiny_config

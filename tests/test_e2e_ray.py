@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from fedspine_ray.config import config_from_dict
-from fedspine_ray.results import CLIENTS_FILE, ROUNDS_FILE, read_run
+from fedspine_ray.launch.results import CLIENTS_FILE, ROUNDS_FILE, read_run
 from fedspine_ray.runner import run_experiment
 
 

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedspine_ray.adapters import attach_lora, extract_factors, load_factors
 from fedspine_ray.data.tokens import TokenizedSplit
-from fedspine_ray.local_pruning import ImportanceTracker, LocalPruner, LocalPruningTask
-from fedspine_ray.models import head_module_names, load_classifier, lora_targets
+from fedspine_ray.messages import ClientOutcome, FitTask
+from fedspine_ray.modeling.adapters import attach_lora, extract_factors, load_factors
+from fedspine_ray.modeling.loading import head_module_names, load_classifier, lora_targets
 from fedspine_ray.pruning import PruningPlan, extract_submodel, identity_plan, prunable_units
-from fedspine_ray.runtime.client import FederatedClient, FitTask
+from fedspine_ray.pruning.local import ImportanceTracker, LocalPruner, LocalPruningTask
+from fedspine_ray.runtime.client import FederatedClient
 from fedspine_ray.strategies import build_strategy
 
 from .test_strategies import make_context
@@ -160,7 +161,7 @@ def test_client_mode_round_keeps_derivation_exact_and_drives_global_pruning(tiny
     outcomes = []
     for cid, a in assignments.items():
         client = FederatedClient(cid, data, num_threads=1)
-        sent = a.build_base()
+        sent = strategy.base_model(a.base_key)
         task = FitTask(
             round=1,
             base_key=a.base_key,
@@ -187,10 +188,9 @@ def test_client_mode_round_keeps_derivation_exact_and_drives_global_pruning(tiny
                 continue
             torch.testing.assert_close(tensor, reference[name], rtol=0, atol=0)
         assert result.local_pruning.removed == a.local_pruning.total_removed
-        from fedspine_ray.strategies.base import ClientOutcome
-
-        outcome = ClientOutcome(cid, a, "ok", 10, factors=result.factors, head=result.head)
-        outcome.extras["local_pruning"] = result.local_pruning
+        outcome = ClientOutcome(
+            cid, a, 10, factors=result.factors, head=result.head, local_pruning=result.local_pruning
+        )
         outcomes.append(outcome)
     strategy.aggregate_round(1, outcomes)
     assert strategy.device_importance.rounds == 1

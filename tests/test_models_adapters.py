@@ -3,17 +3,16 @@ import copy
 import pytest
 import torch
 
-from fedspine_ray.adapters import (
+from fedspine_ray.modeling.adapters import (
     attach_lora,
     extract_factors,
     init_factors,
-    linear_shapes,
     load_factors,
     load_module_state,
+    lora_target_shapes,
     module_state,
 )
-from fedspine_ray.aggregation import InvalidUpdateError, validate_update
-from fedspine_ray.models import (
+from fedspine_ray.modeling.loading import (
     ModelPathError,
     head_module_names,
     load_classifier,
@@ -21,6 +20,7 @@ from fedspine_ray.models import (
     resolve_model_path,
 )
 from fedspine_ray.pruning import merge_lora_delta
+from fedspine_ray.strategies.aggregate import InvalidUpdateError, validate_update
 
 
 def test_packaged_model_path_resolves_and_missing_paths_explain_the_fix(tmp_path):
@@ -42,7 +42,7 @@ def test_factors_round_trip_and_merge_matches_peft_forward(tiny_llama_dir):
     base = load_classifier(tiny_llama_dir, num_labels=2, seed=0)
     targets = lora_targets(base, "auto")
     heads = head_module_names(base)
-    shapes = linear_shapes(base, targets)
+    shapes = lora_target_shapes(base, targets)
     assert len(shapes) == 2 * 7  # 2 layers x (q,k,v,o,gate,up,down)
     factors = init_factors(shapes, rank=4, seed=1)
     factors = {k: (a, torch.randn_like(b) * 0.1) for k, (a, b) in factors.items()}  # non-zero delta

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 
 from fedspine_ray.config import ConfigError, config_from_dict
-from fedspine_ray.results import read_run
+from fedspine_ray.devices.population import build_client_devices
+from fedspine_ray.launch.results import read_run
 from fedspine_ray.runner import run_experiment
-from fedspine_ray.runtime.device_sim import build_client_devices
 from fedspine_ray.runtime.pool import pool_sizes, pool_slots, resolve_placement, worker_devices
 
 from .test_e2e_fedspine import fedspine_config
@@ -164,13 +164,13 @@ def test_device_state_shares_bases_and_copies_on_write():
     import torch
     from torch import nn
 
-    from fedspine_ray.runtime.client import DeviceState
+    from fedspine_ray.runtime.client import ProcessModels
 
     def model() -> nn.Module:
         torch.manual_seed(0)
         return nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 4))
 
-    state = DeviceState()
+    state = ProcessModels()
     first = model()
     state.static = {"0.weight": first[0].weight}
     shared = state.adopt("v1", first)

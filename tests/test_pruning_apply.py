@@ -14,7 +14,6 @@ from fedspine_ray.pruning import (
     apply_plan,
     compute_importance,
     count_parameters,
-    expand_units,
     extract_submodel,
     identity_plan,
     layer_specs,
@@ -25,7 +24,7 @@ from fedspine_ray.pruning import (
     sparsity,
     submodel_sharing_weights,
 )
-from fedspine_ray.pruning.architectures import get_linear
+from fedspine_ray.pruning.architectures import COLS, get_linear
 
 
 def tiny_llama(layers: int = 3, bias: bool = False) -> LlamaForCausalLM:
@@ -59,7 +58,10 @@ def tiny_bert(layers: int = 3) -> BertForSequenceClassification:
 
 
 def zeroed_copy(model: torch.nn.Module, plan: PruningPlan) -> torch.nn.Module:
-    """Dense copy whose removed units contribute nothing: zero their output-projection columns."""
+    """Dense copy whose removed units contribute nothing: zero their output-projection columns.
+
+    The reference every pruned model must equal (also for the decoder families of test_decoder_families).
+    """
     dense = copy.deepcopy(model)
     with torch.no_grad():
         for spec in layer_specs(dense):
@@ -67,12 +69,11 @@ def zeroed_copy(model: torch.nn.Module, plan: PruningPlan) -> torch.nn.Module:
                 (spec.attention, plan.attention[spec.index], spec.n_units),
                 (spec.mlp, plan.mlp[spec.index], spec.n_channels),
             ):
-                removed = torch.tensor(sorted(set(range(n)) - set(kept)), dtype=torch.long)
-                if removed.numel() == 0:
-                    continue
-                s = slices[-1]  # the column-pruned output projection
-                assert s.axis == 1
-                get_linear(spec, s).weight[:, expand_units(removed, s.width)] = 0.0
+                removed = sorted(set(range(n)) - set(kept))
+                if removed:
+                    s = slices[-1]  # the column-pruned output projection
+                    assert s.axis == COLS
+                    get_linear(spec, s).weight[:, s.indices(removed, n)] = 0.0
     return dense
 
 

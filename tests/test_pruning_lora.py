@@ -9,16 +9,16 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from fedspine_ray.adapters import extract_factors, load_factors
+from fedspine_ray.modeling.adapters import extract_factors, load_factors
 from fedspine_ray.pruning import (
     compute_importance,
     extract_submodel,
     linear_index_map,
-    linear_shapes,
     lora_to_global,
     lora_to_sub,
     merge_lora_delta,
     plan_for_ratio,
+    prunable_linear_shapes,
 )
 
 
@@ -81,9 +81,9 @@ def test_lora_sub_to_global_merge_roundtrip(arch: str) -> None:
     assert factors, "no LoRA factors found"
     assert all(not n.startswith("base_model") for n in factors)
     index_map = linear_index_map(global_model, plan)
-    full = lora_to_global(factors, index_map, linear_shapes(global_model))
+    full = lora_to_global(factors, index_map, prunable_linear_shapes(global_model))
     for name, (a, b) in full.items():
-        out_f, in_f = linear_shapes(global_model).get(name, (b.shape[0], a.shape[1]))
+        out_f, in_f = prunable_linear_shapes(global_model).get(name, (b.shape[0], a.shape[1]))
         assert a.shape[1] == in_f and b.shape[0] == out_f
     # inverse mapping recovers the sub-model factors exactly
     back = lora_to_sub(full, index_map)

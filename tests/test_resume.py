@@ -20,16 +20,23 @@ import pytest
 import torch
 import yaml
 
-from fedspine_ray.checkpoint import (
-    deduplicate_clients,
-    load_checkpoint,
-    restore_clients,
-    save_checkpoint,
-)
-from fedspine_ray.checkpoint_files import CHECKPOINT_FILE, CheckpointError, checkpoint_round
 from fedspine_ray.config import ConfigError
-from fedspine_ray.results import read_run
-from fedspine_ray.strategies import STRATEGIES, ClientOutcome, ServerContext, build_strategy
+from fedspine_ray.launch.checkpoint_files import (
+    CHECKPOINT_FILE,
+    CheckpointError,
+    checkpoint_bytes,
+    checkpoint_round,
+    write_checkpoint_file,
+)
+from fedspine_ray.launch.results import read_run
+from fedspine_ray.messages import ClientOutcome
+from fedspine_ray.runtime.checkpoint import (
+    decode_checkpoint,
+    deduplicate_clients,
+    encode_checkpoint,
+    restore_clients,
+)
+from fedspine_ray.strategies import STRATEGIES, ServerContext, build_strategy
 
 from .test_e2e_ray import cli_subprocess_env, tiny_config
 from .test_strategies import make_context
@@ -53,7 +60,7 @@ def _play_round(strategy, rnd: int, ctx: ServerContext) -> None:
             for name, (a, b) in assignment.factors.items()
         }
         outcome = ClientOutcome(
-            cid, assignment, "ok", ctx.client_num_samples[cid], factors=factors, head=assignment.head
+            cid, assignment, ctx.client_num_samples[cid], factors=factors, head=assignment.head
         )
         outcome.loss_first, outcome.loss_last, outcome.sim_time_s = 1.0, 0.5 + 0.1 * cid, 1.0 + cid
         outcomes.append(outcome)
@@ -99,7 +106,7 @@ def test_every_strategy_resumes_from_its_state_dict(tiny_llama_dir, name):
 
 
 def test_client_tensors_are_stored_once_and_restored_as_private_copies(tiny_llama_dir, tmp_path):
-    from fedspine_ray.models import load_classifier
+    from fedspine_ray.modeling.loading import load_classifier
 
     model = load_classifier(tiny_llama_dir, num_labels=2, seed=0)
     embed = model.model.embed_tokens.weight
@@ -108,11 +115,11 @@ def test_client_tensors_are_stored_once_and_restored_as_private_copies(tiny_llam
         for cid in (0, 1)
     }
     state = {"round": 1, "global_model": model, "clients": clients, "strategy": {}}
-    save_checkpoint(tmp_path, state)
+    write_checkpoint_file(tmp_path, *encode_checkpoint(state))
     model_bytes = sum(p.numel() * 4 for p in model.parameters())
     assert (tmp_path / CHECKPOINT_FILE).stat().st_size < 1.3 * model_bytes  # not 3 models + 2 embeddings
     assert checkpoint_round(tmp_path) == 1
-    loaded = load_checkpoint(tmp_path)
+    loaded = decode_checkpoint(checkpoint_bytes(tmp_path))
     for cid in (0, 1):
         base = loaded["clients"][cid]["base"]
         for (name, got), want in zip(base.state_dict().items(), model.state_dict().values(), strict=True):
@@ -131,10 +138,10 @@ def test_client_tensors_are_stored_once_and_restored_as_private_copies(tiny_llam
 
 
 def test_resume_without_checkpoint_is_a_config_error(tmp_path):
-    from fedspine_ray.checkpoint_files import resume_config
+    from fedspine_ray.launch.checkpoint_files import resume_config
 
     with pytest.raises(CheckpointError, match="runtime.checkpoint_every"):
-        load_checkpoint(tmp_path)
+        checkpoint_bytes(tmp_path)
     with pytest.raises(ConfigError, match="--resume: .* holds no config.yaml"):
         resume_config(tmp_path, None, {})
     (tmp_path / "config.yaml").write_text("name: x\n")
@@ -241,7 +248,7 @@ def test_cli_run_killed_with_sigkill_resumes_with_the_uninterrupted_metrics(
     env = cli_subprocess_env()
     command = [sys.executable, "-m", "fedspine_ray.cli", "run", "--quiet"]
     # The reference run and the resume go through a launcher that fails if the CLI process imported a
-    # heavy package: it only steps rounds, writes rows and moves checkpoint bytes (runtime/server_actor.py).
+    # heavy package: it only steps rounds, writes rows and moves checkpoint bytes (runtime/remote.py).
     light = [sys.executable, "-c", LIGHT_LAUNCHER, "run", "--quiet"]
     _run([*light, str(tmp_path / "ref.yaml")], env)
 

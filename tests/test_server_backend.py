@@ -12,9 +12,9 @@ import torch
 pytest.importorskip("deepspeed")
 
 from fedspine_ray.config import config_from_dict  # noqa: E402
-from fedspine_ray.models import load_classifier  # noqa: E402
+from fedspine_ray.modeling.backend import DeepSpeedBackend, TorchBackend, build_backend  # noqa: E402
+from fedspine_ray.modeling.loading import load_classifier  # noqa: E402
 from fedspine_ray.pruning import prunable_units  # noqa: E402
-from fedspine_ray.server_backend import DeepSpeedBackend, TorchBackend, build_backend  # noqa: E402
 from fedspine_ray.strategies import ServerContext, build_strategy  # noqa: E402
 
 from .test_strategies import make_context  # noqa: E402
@@ -134,7 +134,7 @@ def test_ray_run_with_deepspeed_server_matches_torch(
     The clients get device profiles so round times come from the cost model: without them a round's
     simulated time is its measured wall time, the bandit's reward follows it, and two runs may pick
     different arms whatever the backend (the flake CI hit)."""
-    from fedspine_ray.results import read_run
+    from fedspine_ray.launch.results import read_run
     from fedspine_ray.runner import run_experiment
 
     from .test_e2e_ray import tiny_config

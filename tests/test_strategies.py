@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from fedspine_ray.config import config_from_dict
-from fedspine_ray.models import head_module_names, load_classifier, lora_targets
+from fedspine_ray.modeling.loading import head_module_names, load_classifier, lora_targets
 from fedspine_ray.pruning import prunable_units
 from fedspine_ray.strategies import ServerContext, build_strategy
-from fedspine_ray.strategies.lora_base import rank_by_capacity
+from fedspine_ray.strategies.capacity import rank_by_capacity
 
 
 def make_context(model_dir, backend=None, calibration_batches=None, **sections):

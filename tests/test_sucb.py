@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from fedspine_ray.bandit import multi_term_reward, pruning_progress, timeliness
+from fedspine_ray.bandits.reward import multi_term_reward, pruning_progress, timeliness
+from fedspine_ray.bandits.sucb import DeviceSUCB, SmoothUCB, allowed_ranks, allowed_ratios
 from fedspine_ray.config import ConfigError, ExperimentConfig
-from fedspine_ray.sucb import DeviceSUCB, SmoothUCB, allowed_ranks, allowed_ratios
 
 RATIOS = allowed_ratios(0.0, 0.8, 0.05)  # 17 values
 RANKS = allowed_ranks(2, 32)  # 31 values, log2-spaced coordinates
@@ -114,11 +114,11 @@ def test_device_sucb_learns_per_device():
     late = {0: [], 1: []}
     for t in range(25):
         for d in (0, 1):
-            ratio, rank, cell = devices.select(d)
-            reward = ratio if d == 0 else 1.0 - ratio  # device 0 slow: prune; device 1 fast: don't
-            devices.update(d, ratio, rank, reward, cell)
+            arm = devices.select(d)
+            reward = arm.ratio if d == 0 else 1.0 - arm.ratio  # device 0 slow: prune; device 1 fast: don't
+            devices.update(d, arm, reward)
             if t >= 15:
-                late[d].append(ratio)
+                late[d].append(arm.ratio)
     assert np.mean(late[0]) > 0.4 > 0.2 > np.mean(late[1])
     clone = DeviceSUCB(allowed_ratios(0.0, 0.6, 0.1), allowed_ranks(2, 8), num_devices=2, seed=0)
     clone.load_state_dict(devices.state_dict())
@@ -160,7 +160,7 @@ def test_fedspine_with_sucb_end_to_end(ray_session, tiny_llama_dir, tiny_text_cs
     """Real Ray actors, tiny LLaMA, a 20x slow and a fast device class: S-UCB prunes the slow ones more."""
     import yaml
 
-    from fedspine_ray.results import read_run
+    from fedspine_ray.launch.results import read_run
     from fedspine_ray.runner import run_experiment
 
     from .test_e2e_fedspine import PROFILES, fedspine_config

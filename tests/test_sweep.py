@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from fedspine_ray.config import ConfigError, load_config
-from fedspine_ray.results import ROUNDS_FILE
-from fedspine_ray.sweep import TRIAL_FILE, TRIALS_FILE, load_sweep, run_sweep, sweep_from_dict
+from fedspine_ray.launch.results import ROUNDS_FILE
+from fedspine_ray.launch.sweep_spec import TRIAL_FILE, TRIALS_FILE, load_sweep, sweep_from_dict
+from fedspine_ray.launch.tune import run_sweep
 
 REPO = Path(__file__).resolve().parents[1]
 TUNE_CONFIGS = REPO / "tune_configs"
@@ -161,7 +162,7 @@ def test_variants_are_crossed_with_the_search_space():
         spec.trial_config({"variant": "nope"})
     only = sweep_from_dict({"variants": raw["variants"]})  # variants alone: one trial each
     assert only.search_space == {} and only.param_keys == ("variant",)
-    from fedspine_ray.sweep import select_variants
+    from fedspine_ray.launch.sweep_spec import select_variants
 
     assert list(select_variants(spec, ["pruned"]).variants) == ["pruned"]  # fedspine sweep --variants pruned
     with pytest.raises(ConfigError, match="unknown variant 'nope'"):
@@ -296,7 +297,7 @@ def assert_time_breakdown(output_dir: Path, rounds: pd.DataFrame) -> None:
 
 
 def test_trial_placement_group_holds_every_client_actor(tmp_path):
-    from fedspine_ray.sweep import trial_bundles
+    from fedspine_ray.launch.tune import trial_bundles
 
     spec = load_sweep(
         write_sweep(
@@ -313,28 +314,30 @@ def test_trial_placement_group_holds_every_client_actor(tmp_path):
 
 
 def test_sweep_command_exits_2_on_config_error(tmp_path, capsys):
-    import argparse
+    from fedspine_ray.cli import main
 
-    from fedspine_ray.sweep import add_sweep_command, run_sweep_command
-
-    parser = argparse.ArgumentParser(prog="fedspine")
-    add_sweep_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["sweep", str(write_sweep(tmp_path, mode="maximize")), "--set", "lora.rank=2"])
-    assert run_sweep_command(args) == 2
+    assert main(["sweep", str(write_sweep(tmp_path, mode="maximize")), "--set", "lora.rank=2"]) == 2
     assert "sweep.mode" in capsys.readouterr().err
 
 
-def test_failed_trial_is_a_row_with_its_error(ray_session, tiny_llama_dir, tmp_path):
+def test_failed_trial_is_a_row_with_its_error(ray_session, tiny_llama_dir, tiny_text_csv, tmp_path):
+    data = tmp_path / "missing.csv"
+    data.write_text(tiny_text_csv.read_text())
     raw = {
         "name": "broken",
-        "base": {"model": {"path": str(tiny_llama_dir)}, "data": {"source": "files", "train_path": "x.csv"}},
-        "search_space": {"data.train_path": [str(tmp_path / "missing.csv")]},
+        "base": {
+            "model": {"path": str(tiny_llama_dir)},
+            "data": {"source": "files", "train_path": str(data)},
+        },
+        "search_space": {"seed": [0]},
         "storage_path": str(tmp_path / "sweeps"),
     }
-    table = run_sweep(sweep_from_dict(raw), quiet=True)
+    spec = sweep_from_dict(raw)  # the file is there when the sweep is validated ...
+    data.unlink()  # ... and gone when its trial runs
+    table = run_sweep(spec, quiet=True)
     assert len(table) == 1 and table.loc[0, "status"] == "error"
     error = table.loc[0, "error"]
-    assert error.startswith("fedspine_ray.config.ConfigError") and "missing.csv' not found" in error, error
+    assert "ConfigError" in error and "missing.csv' not found" in error, error
     assert math.isnan(table.loc[0, "test_accuracy"])
     assert (tmp_path / "sweeps" / "broken" / TRIALS_FILE).is_file()
 
@@ -344,7 +347,8 @@ def test_trials_table_takes_parameters_from_the_run_directory_when_tune_lost_the
     still names its parameters, read from the ``trial.json`` the trial wrote into its run directory."""
     from ray.tune import Result
 
-    from fedspine_ray.sweep import RUNS_SUBDIR, trials_table
+    from fedspine_ray.launch.sweep_spec import RUNS_SUBDIR
+    from fedspine_ray.launch.tune import trials_table
 
     spec = sweep_from_dict({"name": "lost", "search_space": {"seed": [0, 1]}, "storage_path": str(tmp_path)})
     results = []

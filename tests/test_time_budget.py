@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from fedspine_ray.config import ConfigError
-from fedspine_ray.results import read_run
+from fedspine_ray.launch.results import read_run
 from fedspine_ray.runner import run_experiment
 
 from .test_e2e_fedspine import fedspine_config

@@ -2,8 +2,8 @@
 
 import torch
 
-from fedspine_ray.adapters import model_bytes
-from fedspine_ray.models import head_module_names, load_classifier
+from fedspine_ray.messages import model_bytes
+from fedspine_ray.modeling.loading import head_module_names, load_classifier
 from fedspine_ray.runtime.transfer import collect_static, restore_static, static_tensor_names, strip_static
 
 

@@ -1,4 +1,10 @@
-"""Task data: pluggable sources of labelled text, client partitioning and tokenisation."""
+"""Task data: pluggable sources of labelled text, client partitioning and tokenisation.
+
+Role: :mod:`.sources` (registered sources: shipped datasets and the user's CSV/JSONL/Parquet files),
+:mod:`.partition` (how the training split is spread over clients) and :mod:`.tokens` (tensors clients
+train on; imported lazily because it needs torch).
+May import: config. Never Ray, models or the runtime; the launcher reads sources without torch.
+"""
 
 from fedspine_ray.data.partition import label_histogram, partition_indices
 from fedspine_ray.data.sources import (
@@ -10,7 +16,7 @@ from fedspine_ray.data.sources import (
 )
 
 #: Tokenisation needs torch; it is imported on first use so the launching process, which only checks
-#: that sources exist (fedspine_ray.preflight), never loads torch.
+#: that sources exist (fedspine_ray.launch.preflight), never loads torch.
 _LAZY = {"TokenizedSplit", "tokenize"}
 
 

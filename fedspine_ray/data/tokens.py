@@ -16,7 +16,7 @@ class TokenizedSplit:
 
     ``labels`` is one class index per example (sequence classification) or, for a causal LM, one target
     per token (-100 outside the answer; the model shifts them itself). ``class_labels`` then keeps each
-    example's class for accuracy by label-word scoring (``fedspine_ray.tasks``); it never enters a batch.
+    example's class for accuracy by label-word scoring (``fedspine_ray.modeling.tasks``); it never enters a batch.
     """
 
     input_ids: torch.Tensor

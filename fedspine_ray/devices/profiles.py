@@ -21,19 +21,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import yaml
-
-if TYPE_CHECKING:
-    from fedspine_ray.config import DevicesConfig
 
 __all__ = [
     "SIMULATION_MEMORY_SCALE",
     "DeviceConditions",
     "DeviceProfile",
-    "DeviceState",
     "SlowdownEvent",
     "assign_devices",
     "conditions_at",
@@ -244,19 +240,6 @@ def load_device_profiles(path: str | Path | None = None) -> dict[str, DeviceProf
     return {name: DeviceProfile.from_dict(name, fields) for name, fields in raw.items()}
 
 
-def local_custom_resources(devices: DevicesConfig) -> dict[str, float]:
-    """Custom resources an embedded local Ray declares so device-pinned actors can be placed on it.
-
-    One large amount per device class of ``devices.mix``; on a ``ray up`` cluster the node types declare them
-    instead (see clusters/). Lives here, not beside the actors, so the launching process can start Ray
-    without importing torch.
-    """
-    if not devices.mix:
-        return {}
-    profiles = load_device_profiles(devices.profiles_path)
-    return {profiles[name].ray_resource: 1000.0 for name in devices.mix}
-
-
 def assign_devices(
     mix: Mapping[str, float], num_clients: int, seed: int, known: Iterable[str] | None = None
 ) -> list[str]:
@@ -373,21 +356,3 @@ def conditions_at(
     z = abs(float(rng(_STREAM_MEM).standard_normal()))
     mem = profile.memory_bytes * min(1.0, max(0.5, 1.0 - z * fl / 2.0))
     return DeviceConditions(flops_per_s=flops, uplink_bps=up, downlink_bps=down, memory_bytes=mem)
-
-
-@dataclass
-class DeviceState:
-    """A simulated client's device: its class, id, seed and slowdown events; ``at(round)`` gives the
-    round's :class:`DeviceConditions` (a thin stateful convenience over :func:`conditions_at`)."""
-
-    profile: DeviceProfile
-    client_id: int
-    seed: int
-    events: list[SlowdownEvent] = field(default_factory=list)
-
-    def at(self, round_idx: int) -> DeviceConditions:
-        return conditions_at(self.profile, self.client_id, round_idx, self.seed, self.events)
-
-    def add_event(self, from_round: int, multiplier: float, **kw: Any) -> None:
-        """Hook to inject non-stationarity for this client (e.g. a mid-run slowdown)."""
-        self.events.append(SlowdownEvent(self.client_id, from_round, multiplier, **kw))

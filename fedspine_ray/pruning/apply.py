@@ -23,15 +23,26 @@ import transformers
 from safetensors.torch import load_file
 from torch import nn
 
-from .architectures import COLS, ROWS, LayerSpec, SliceSpec, get_adapter, layer_specs, unwrap_linear
+from .architectures import (
+    COLS,
+    ORIGINAL_ATTR,
+    ROWS,
+    LayerSpec,
+    SliceSpec,
+    get_adapter,
+    layer_specs,
+    unwrap_linear,
+)
 from .plan import PruningPlan
 
 SHAPES_ATTR = "fedspine_layer_shapes"
-ORIGINAL_ATTR = "fedspine_original_shapes"
 
 
 def expand_units(units: torch.Tensor, width: int) -> torch.Tensor:
-    """Unit indices -> row/column indices (each unit spans ``width`` consecutive indices)."""
+    """Unit indices -> row/column indices (each unit spans ``width`` consecutive indices).
+
+    Only right for a plain (non-fused) Linear; :meth:`SliceSpec.indices` handles both.
+    """
     units = units.long()
     if width == 1:
         return units
@@ -95,10 +106,29 @@ def apply_plan(model: nn.Module, plan: PruningPlan) -> nn.Module:
                 continue
             units = torch.tensor(kept, dtype=torch.long)
             for s in slices:
-                _shrink_linear(_check_plain(spec, s), expand_units(units, s.width), s.axis)
-        adapter.set_layer_sizes(spec.block, len(plan.attention[spec.index]), spec)
+                _shrink_linear(_check_plain(spec, s), s.indices(units, n), s.axis)
+        adapter.set_layer_sizes(
+            spec.block, len(plan.attention[spec.index]), spec, n_channels=len(plan.mlp[spec.index])
+        )
     _record_shapes(model, original)
     return model
+
+
+def _cat_units(
+    current: torch.Tensor, appended: torch.Tensor, s: SliceSpec, n_cur: int, axis: int
+) -> torch.Tensor:
+    """``current`` (``n_cur`` units) followed by ``appended`` units along ``axis``, part by part if fused."""
+    if not s.fused:
+        return torch.cat([current, appended], axis)
+    n_app = appended.shape[axis] // s.width
+    pieces = []
+    for cur, app in zip(
+        current.split([w * n_cur for w in s.segments], axis),
+        appended.split([w * n_app for w in s.segments], axis),
+        strict=True,
+    ):
+        pieces += [cur, app]
+    return torch.cat(pieces, axis)
 
 
 def extend_and_select(
@@ -109,7 +139,8 @@ def extend_and_select(
     """Append units to ``model`` in place, then keep ``plan``'s units; returns ``model``.
 
     ``extra`` maps a prunable Linear's plain name to the weight (and, for row-sliced Linears, bias) of the
-    appended units, laid out like the Linear's own units along the pruned axis. ``plan`` indexes the
+    appended units, laid out like the Linear's own units along the pruned axis (for a fused Linear such as
+    Phi-3's ``qkv_proj``: part by part, as :func:`unit_slices` returns them). ``plan`` indexes the
     current units followed by the appended ones. This lets a device grow the sub-model it holds with only
     the units it lacks, instead of downloading a whole new sub-model. Without ``extra`` it equals
     :func:`apply_plan`.
@@ -118,20 +149,31 @@ def extend_and_select(
     adapter = get_adapter(model)
     original = original_shapes(model)
     for spec in adapter.specs(model):
-        for slices, kept in ((spec.attention, plan.attention[spec.index]), (spec.mlp, plan.mlp[spec.index])):
+        for slices, kept, n_cur in (
+            (spec.attention, plan.attention[spec.index], spec.n_units),
+            (spec.mlp, plan.mlp[spec.index], spec.n_channels),
+        ):
             units = torch.tensor(kept, dtype=torch.long)
             for s in slices:
                 lin = _check_plain(spec, s)
+                n = n_cur
                 appended = extra.get(f"{spec.prefix}.{s.name}")
                 if appended is not None:
                     weight, bias = appended
+                    weight = weight.to(device=lin.weight.device, dtype=lin.weight.dtype)
                     lin.weight = nn.Parameter(
-                        torch.cat([lin.weight.data, weight], s.axis), requires_grad=False
+                        _cat_units(lin.weight.data, weight, s, n_cur, s.axis), requires_grad=False
                     )
                     if s.axis == ROWS and lin.bias is not None and bias is not None:
-                        lin.bias = nn.Parameter(torch.cat([lin.bias.data, bias]), requires_grad=False)
-                _shrink_linear(lin, expand_units(units, s.width), s.axis)
-        adapter.set_layer_sizes(spec.block, len(plan.attention[spec.index]), spec)
+                        bias = bias.to(device=lin.bias.device, dtype=lin.bias.dtype)
+                        lin.bias = nn.Parameter(
+                            _cat_units(lin.bias.data, bias, s, n_cur, 0), requires_grad=False
+                        )
+                    n = n_cur + weight.shape[s.axis] // s.width
+                _shrink_linear(lin, s.indices(units, n), s.axis)
+        adapter.set_layer_sizes(
+            spec.block, len(plan.attention[spec.index]), spec, n_channels=len(plan.mlp[spec.index])
+        )
     _record_shapes(model, original)
     return model
 
@@ -146,14 +188,17 @@ def unit_slices(
     """
     out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
     for spec in layer_specs(model):
-        for kind, slices in (("attention", spec.attention), ("mlp", spec.mlp)):
+        for kind, slices, n in (
+            ("attention", spec.attention, spec.n_units),
+            ("mlp", spec.mlp, spec.n_channels),
+        ):
             chosen = units.get(spec.index, {}).get(kind, [])
             if not chosen:
                 continue
             index = torch.tensor(chosen, dtype=torch.long)
             for s in slices:
                 lin = unwrap_linear(spec.block.get_submodule(s.name))
-                rows = expand_units(index, s.width)
+                rows = s.indices(index, n)
                 weight = lin.weight.data.index_select(s.axis, rows).clone()
                 bias = (
                     lin.bias.data.index_select(0, rows).clone()

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .architectures import COLS, LayerSpec, SliceSpec, get_linear, layer_specs
+from .architectures import COLS, LayerSpec, SliceSpec, get_linear, layer_specs, unit_view
 
 
 @dataclass
@@ -39,10 +39,8 @@ class UnitImportance:
 
 
 def _unit_view(t: torch.Tensor, s: SliceSpec, n_units: int) -> torch.Tensor:
-    """Reshape a weight (or row bias) so dim 0 indexes units: [n_units, rest]."""
-    if s.axis == COLS:
-        t = t.t()
-    return t.reshape(n_units, -1)
+    """Reshape a weight (or row bias) so dim 0 indexes units: [n_units, rest] (fused parts gathered)."""
+    return unit_view(t, s, n_units)
 
 
 def _per_unit(

@@ -17,7 +17,6 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .apply import expand_units
 from .architectures import ROWS, _plain_root, get_linear, layer_specs, unwrap_linear
 from .plan import PruningPlan
 
@@ -31,21 +30,32 @@ def linear_index_map(model: nn.Module, plan: PruningPlan, validate: bool = True)
     Keys are plain HF module names of ``model`` (e.g. ``model.layers.1.self_attn.q_proj``).  The axis
     that pruning acts on always gets an index tensor (possibly all indices); the other axis is ``None``.
     ``validate=False`` allows a plan in another coordinate system with the same block structure (e.g.
-    the original, unpruned model's), since only module names and unit widths are read from ``model``.
+    the original, unpruned model's), since only module names and unit widths are read from ``model``;
+    the unit counts of that system, which place the parts of a fused Linear (Phi-3 ``qkv_proj``: q, k
+    and v rows of the kept KV groups; ``gate_up_proj``: gate and up rows of the kept channels), are then
+    taken from ``plan.base_units`` / ``plan.base_channels`` (``model``'s own counts where missing).
     """
     if validate:
         plan.validate(model)
     out: IndexMap = {}
     for spec in layer_specs(model):
-        for slices, kept in ((spec.attention, plan.attention[spec.index]), (spec.mlp, plan.mlp[spec.index])):
+        i = spec.index
+        n_units, n_channels = spec.n_units, spec.n_channels
+        if not validate:
+            n_units = int(plan.base_units.get(i, n_units))
+            n_channels = int(plan.base_channels.get(i, n_channels))
+        for slices, kept, n in (
+            (spec.attention, plan.attention[i], n_units),
+            (spec.mlp, plan.mlp[i], n_channels),
+        ):
             units = torch.tensor(kept, dtype=torch.long)
             for s in slices:
-                idx = expand_units(units, s.width)
+                idx = s.indices(units, n)
                 out[f"{spec.prefix}.{s.name}"] = (idx, None) if s.axis == ROWS else (None, idx)
     return out
 
 
-def linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
+def prunable_linear_shapes(model: nn.Module) -> dict[str, tuple[int, int]]:
     """``{name: (out_features, in_features)}`` of the prunable Linears of ``model`` (plain names)."""
     shapes: dict[str, tuple[int, int]] = {}
     for spec in layer_specs(model):

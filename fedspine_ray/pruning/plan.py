@@ -154,6 +154,11 @@ def plan_from_keep_counts(
     return plan
 
 
+def _attention_removable(importance: UnitImportance, layer: int, prune_attention: bool) -> bool:
+    """Attention units of ``layer`` may go: asked for, and more than one (MQA's single unit never goes)."""
+    return prune_attention and importance.attention[layer].numel() > 1
+
+
 def plan_for_ratio(
     importance: UnitImportance,
     ratio: float,
@@ -169,7 +174,9 @@ def plan_for_ratio(
         ratio: fraction of units removed per layer (``mlp_ratio`` overrides it for channels).
         protected_layers: layer indices never pruned (negative indices count from the end).
         layer_ratios: per-layer overrides of ``ratio`` (applies to both unit kinds).
-        prune_attention: ``False`` keeps every attention unit (only MLP channels go).
+        prune_attention: ``False`` keeps every attention unit (only MLP channels go). A layer with a
+            single attention unit (multi-query attention, see
+            :func:`~fedspine_ray.pruning.architectures.attention_prunable`) always keeps it.
     """
     n_layers = importance.num_layers
     protected = {p % n_layers for p in protected_layers}
@@ -180,7 +187,7 @@ def plan_for_ratio(
         if i in protected:
             r_a = r_m = 0.0
         else:
-            r_a = layer_ratios.get(i, ratio) if prune_attention else 0.0
+            r_a = layer_ratios.get(i, ratio) if _attention_removable(importance, i, prune_attention) else 0.0
             r_m = layer_ratios.get(i, ratio if mlp_ratio is None else mlp_ratio)
         keep_u[i] = n_keep(importance.attention[i].numel(), r_a)
         keep_c[i] = n_keep(importance.mlp[i].numel(), r_m)
@@ -199,7 +206,7 @@ def plan_for_original_ratio(
 
     Used for progressive global pruning: the global model is already pruned to some sparsity and the
     schedule asks for a higher one; each non-protected layer keeps ``n_keep(original, ratio)`` units
-    (never more than it has now).
+    (never more than it has now). Attention of a layer with a single (original) unit is never pruned.
     """
     n_layers = importance.num_layers
     protected = {p % n_layers for p in protected_layers}
@@ -209,6 +216,7 @@ def plan_for_original_ratio(
         if i in protected:
             keep_u[i], keep_c[i] = cur_u, cur_c
         else:
-            keep_u[i] = min(cur_u, n_keep(int(original_units[i]), ratio)) if prune_attention else cur_u
+            removable = _attention_removable(importance, i, prune_attention) and int(original_units[i]) > 1
+            keep_u[i] = min(cur_u, n_keep(int(original_units[i]), ratio)) if removable else cur_u
             keep_c[i] = min(cur_c, n_keep(int(original_channels[i]), ratio))
     return plan_from_keep_counts(importance, keep_u, keep_c)

@@ -125,7 +125,9 @@ def ratio_for_sparsity(
 
     Protected layers (and, with ``prune_attention=False``, all attention units) keep their parameters, so
     the rest must lose ``target * total / free``; the result is clipped to [0, 1].  Feed it to
-    :func:`~fedspine_ray.pruning.plan.plan_for_original_ratio` with the same arguments.
+    :func:`~fedspine_ray.pruning.plan.plan_for_original_ratio` with the same arguments. A layer whose
+    attention is a single unit (multi-query attention) keeps it whatever ``prune_attention`` says, so
+    for such a model the target is met by MLP channels alone.
     """
     pu = prunable_units(model)
     n = len(pu.attention_units)
@@ -133,7 +135,10 @@ def ratio_for_sparsity(
     attention = [pu.original_attention_units[i] * pu.params_per_attention_unit[i] for i in range(n)]
     mlp = [pu.original_mlp_channels[i] * pu.params_per_channel[i] for i in range(n)]
     per_layer = [a + m for a, m in zip(attention, mlp, strict=True)]
-    removable = per_layer if prune_attention else mlp
+    removable = [
+        a + m if prune_attention and pu.original_attention_units[i] > 1 else m
+        for i, (a, m) in enumerate(zip(attention, mlp, strict=True))
+    ]
     free = sum(v for i, v in enumerate(removable) if i not in protected)
     if free == 0:
         return 0.0

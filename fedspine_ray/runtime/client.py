@@ -11,74 +11,27 @@ import copy
 import os
 import time
 from collections.abc import Hashable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedspine_ray.adapters import (
-    Factors,
+from fedspine_ray.data.tokens import TokenizedSplit
+from fedspine_ray.messages import Derivation, FitResult, FitTask
+from fedspine_ray.modeling.adapters import (
     attach_lora,
     extract_factors,
     load_factors,
     load_module_state,
     module_state,
 )
-from fedspine_ray.data.tokens import TokenizedSplit
-from fedspine_ray.local_pruning import LocalPruner, LocalPruningResult, LocalPruningTask
 from fedspine_ray.pruning import extend_and_select, merge_lora_delta
+from fedspine_ray.pruning.local import LocalPruner
 from fedspine_ray.runtime.transfer import collect_static, restore_static, restore_static_tensor
-from fedspine_ray.strategies.base import Derivation
 
 
-@dataclass
-class FitTask:
-    """Everything a client needs for one round besides the base model (sent separately when it changes)."""
-
-    round: int
-    base_key: Hashable
-    rank: int
-    factors: Factors
-    head: dict[str, torch.Tensor]
-    local_steps: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    lora_alpha: float
-    lora_dropout: float
-    lora_targets: list[str]
-    head_modules: list[str]
-    seed: int
-    static_names: list[str] = field(default_factory=list)
-    #: device-side pruning during this fit (``pruning.where: client``), None for none
-    local_pruning: LocalPruningTask | None = None
-
-
-@dataclass
-class FitResult:
-    """A client's reply: its adapter (sub-model coordinates), head, losses and how much work it did."""
-
-    client_id: int
-    round: int
-    num_samples: int
-    factors: Factors
-    head: dict[str, torch.Tensor]
-    losses: list[float]
-    tokens_processed: int
-    wall_time_s: float
-    #: seconds inside the local training steps (forward/backward/optimizer); the rest of ``wall_time_s`` is
-    #: deriving the model, wrapping it in PEFT and extracting factors (benchmarks/bench_scale.py)
-    train_time_s: float = 0.0
-    #: CPU seconds this process spent in those steps: unlike ``train_time_s`` it does not grow when more
-    #: client processes than cores time-share the CPUs
-    train_cpu_s: float = 0.0
-    #: what device-side pruning removed and its unit scores (None when the task asked for none)
-    local_pruning: LocalPruningResult | None = None
-
-
-class DeviceState:
+class ProcessModels:
     """What one process keeps for all the (virtual) clients it serves, so they share memory.
 
     ``static``: one copy of the tensors no model version changes (runtime/transfer.py). ``whole``: every
@@ -134,21 +87,21 @@ class FederatedClient:
     """A federated device: private data, a cached base model, and local LoRA training."""
 
     def __init__(
-        self, client_id: int, data: TokenizedSplit, num_threads: int, shared: DeviceState | None = None
+        self, client_id: int, data: TokenizedSplit, num_threads: int, shared: ProcessModels | None = None
     ) -> None:
         self.client_id = client_id
         self.data = data
         self.num_threads = max(1, num_threads)
         torch.set_num_threads(self.num_threads)
         #: a pool worker passes one state to all its clients; a dedicated actor has its own
-        self.shared = shared if shared is not None else DeviceState()
+        self.shared = shared if shared is not None else ProcessModels()
         self._base: nn.Module | None = None
         self._base_key: Hashable | None = None
         self._shared_key: Hashable | None = None  # set while ``_base`` is the shared copy of that key
 
     @property
     def _static(self) -> dict[str, torch.Tensor] | None:
-        """Tensors no model version ever changes; one copy per process (``DeviceState.static``)."""
+        """Tensors no model version ever changes; one copy per process (``ProcessModels.static``)."""
         return self.shared.static
 
     @_static.setter
@@ -164,7 +117,7 @@ class FederatedClient:
         """What this device holds between rounds (its sub-model, its key, its static tensors), for checkpoints.
 
         A resumed run must give every device back the model it held, or the server would have to charge
-        full downloads the uninterrupted run never made (fedspine_ray/checkpoint.py).
+        full downloads the uninterrupted run never made (fedspine_ray/runtime/checkpoint.py).
         """
         return {
             "base": self._base,

@@ -1,4 +1,5 @@
-"""Client runtimes: where the virtual clients live, one actor each or pooled per device class.
+"""Client runtimes: where the virtual clients live, one actor each or pooled per device class, and whether
+the cluster can host them.
 
 The round loop talks to clients only through per-client *handles* (``handle.fit.remote(...)``), so it
 does not care how clients are placed:
@@ -30,8 +31,8 @@ import ray
 from ray.exceptions import GetTimeoutError
 
 from fedspine_ray.data.tokens import TokenizedSplit
-from fedspine_ray.runtime.client import DeviceState, FederatedClient
-from fedspine_ray.runtime.device_sim import ClientDevice
+from fedspine_ray.devices.population import ClientDevice
+from fedspine_ray.runtime.client import FederatedClient, ProcessModels
 
 log = logging.getLogger("fedspine_ray.pool")
 
@@ -42,7 +43,7 @@ class PoolWorker:
     """One process serving many virtual clients of one device class, one call at a time."""
 
     def __init__(self, shards: dict[int, TokenizedSplit], threads: dict[int, int]) -> None:
-        self.state = DeviceState()
+        self.state = ProcessModels()
         self.clients = {
             cid: FederatedClient(cid, shard, threads[cid], shared=self.state) for cid, shard in shards.items()
         }
@@ -268,3 +269,62 @@ def wait_until_ready(actors: Sequence[Any], timeout: float) -> None:
             "the CPUs/memory/custom resources they request; fix: lower clients.resources (or the device "
             "profiles' num_cpus/memory), use clients.placement: pooled, or add nodes"
         ) from None
+
+
+def overlap_by_default(clock: str, available: dict[str, float]) -> bool:
+    """``runtime.overlap_evaluation: null``: overlap where the server's evaluation gets a core of its own.
+
+    Measured on 2 cores (benchmarks/README.md): with the client processes holding every CPU, overlapping
+    gains nothing, at normal priority (the evaluation time-sliced with the clients, the round took as long)
+    or at idle priority (the clients left only 3-5 % of the CPU unused, so the evaluation ran after them),
+    and the next round's state held during the evaluation raised peak memory by 0.2-0.5 GiB. So the overlap
+    is on by default only where the clients leave at least one CPU unrequested. Never with ``clock: wall``,
+    whose measured device times the server's work would slow.
+    """
+    return clock != "wall" and available.get("CPU", 0.0) >= 1.0
+
+
+def check_cluster_fits(devices: list[ClientDevice], what: str = "client actors") -> None:
+    """Fail fast, naming the shortfall, when the cluster cannot host every client actor at once."""
+    available = ray.cluster_resources()
+    needed_cpus = sum(d.num_cpus for d in devices)
+    if needed_cpus > available.get("CPU", 0) + 1e-9:
+        raise RuntimeError(
+            f"{len(devices)} {what} request {needed_cpus:g} CPUs in total but the Ray cluster has "
+            f"{available.get('CPU', 0):g}; fix: lower clients.resources[].num_cpus (or the device profiles' "
+            "ray_num_cpus), use clients.placement: pooled (or a smaller clients.pool_size), or add nodes"
+        )
+    missing = sorted({d.ray_resource for d in devices if d.ray_resource and d.ray_resource not in available})
+    if missing:
+        raise RuntimeError(
+            f"no node advertises the custom resource {missing[0]!r} that its device class pins actors to; fix: "
+            "declare it on the node types of your cluster YAML (see clusters/README.md), or let fedspine start "
+            "the local Ray itself (it declares them)"
+        )
+
+
+def start_clients(
+    run_id: str,
+    devices: Sequence[ClientDevice],
+    shards: dict[int, TokenizedSplit],
+    placement: str,
+    pool_size: int | None,
+    timeout: float,
+) -> DedicatedRuntime | PooledRuntime:
+    """Create the clients' processes for ``clients.placement`` and wait until every one answers.
+
+    ``runtime.handles[cid]`` has the client's methods (``.fit.remote(...)``) in both modes: an actor of its
+    own (dedicated) or a proxy to the pool worker serving it (pooled).
+    """
+    available = ray.cluster_resources()
+    mode = resolve_placement(placement, devices, available)
+    runtime: DedicatedRuntime | PooledRuntime
+    if mode == "dedicated":
+        check_cluster_fits(list(devices))
+        runtime = DedicatedRuntime(run_id, devices, shards)
+    else:
+        sizes = pool_sizes(devices, available, pool_size)
+        check_cluster_fits(worker_devices(devices, sizes), what="pool workers")
+        runtime = PooledRuntime(run_id, devices, shards, sizes)
+    wait_until_ready(runtime.actors, timeout)
+    return runtime

@@ -1,13 +1,22 @@
-"""Federated methods, registered by the name used in ``method.name``."""
+"""Federated methods: what each decides per round, registered by the name ``method.name`` uses.
 
-from fedspine_ray.strategies.base import ClientAssignment, ClientOutcome, ServerContext, Strategy
+Role: one strategy per file over the :class:`~.base.Strategy` interface (configure a round, aggregate it,
+the model to evaluate, the base a key names); :mod:`.lora` is the machinery every LoRA method shares
+(global adapters in global coordinates, sub-models, global pruning), :mod:`.aggregate` the aggregation rules.
+May import: config, messages, modeling, pruning, bandits, rounds, devices. Never Ray or the runtime:
+strategies see tensors and outcomes, so they run (and are tested) in one process.
+"""
+
+from fedspine_ray.strategies.ablations import ABLATIONS
+from fedspine_ray.strategies.base import ServerContext, Strategy
 from fedspine_ray.strategies.baselines import BASELINES
 from fedspine_ray.strategies.fedit import FedIT
 from fedspine_ray.strategies.fedspine import FedSpine
-from fedspine_ray.strategies.heterogeneous import FlexLoRA, HetLoRA
+from fedspine_ray.strategies.flexlora import FlexLoRA
+from fedspine_ray.strategies.hetlora import HetLoRA
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedIT, HetLoRA, FlexLoRA, FedSpine, *BASELINES)
+    cls.name: cls for cls in (FedIT, HetLoRA, FlexLoRA, FedSpine, *BASELINES, *ABLATIONS)
 }
 
 
@@ -15,4 +24,4 @@ def build_strategy(name: str) -> Strategy:
     return STRATEGIES[name]()
 
 
-__all__ = ["STRATEGIES", "ClientAssignment", "ClientOutcome", "ServerContext", "Strategy", "build_strategy"]
+__all__ = ["STRATEGIES", "ServerContext", "Strategy", "build_strategy"]

@@ -15,11 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedspine_ray.adapters import Factors, tensor_bytes
 from fedspine_ray.config import ExperimentConfig
-from fedspine_ray.local_pruning import LocalPruningTask
-from fedspine_ray.pruning import PruningPlan
-from fedspine_ray.server_backend import ServerBackend, TorchBackend
+from fedspine_ray.messages import ClientAssignment, ClientOutcome, Derivation
+from fedspine_ray.modeling.backend import ServerBackend, TorchBackend
 
 
 @dataclass
@@ -37,85 +35,6 @@ class ServerContext:
     backend: ServerBackend = field(default_factory=TorchBackend)
     #: The run's simulated clock (seconds since round 1 began); time-based pruning schedules read it.
     sim_clock_s: Callable[[], float] = field(default=lambda: 0.0)
-
-
-@dataclass
-class Derivation:
-    """How a device turns the sub-model it holds into the one it is assigned, without downloading it.
-
-    Apply ``merges`` (adapters merged into the global base since the held version, already sliced to the
-    held sub-model's coordinates) in order, append ``new_units`` (weights of the units the device lacks,
-    per prunable Linear) and keep ``plan``'s units (indices into held + appended units). Only these
-    low-rank factors, the missing units and index lists cross the network.
-    """
-
-    merges: list[Factors]
-    plan: PruningPlan
-    new_units: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=dict)
-
-    @property
-    def nbytes(self) -> int:
-        indices = sum(len(v) for v in self.plan.attention.values())
-        indices += sum(len(v) for v in self.plan.mlp.values())
-        return tensor_bytes(self.merges) + tensor_bytes(self.new_units) + 4 * indices
-
-
-@dataclass
-class ClientAssignment:
-    """One client's job for a round.
-
-    ``base_key`` names the (sub-)model: clients holding a base with the same key are not sent it again,
-    and each distinct key is put in Ray's object store once per round, whatever the number of clients.
-    ``factors`` are in the sub-model's coordinates with scaling folded into B.
-    """
-
-    base_key: Hashable
-    build_base: Callable[[], nn.Module]
-    rank: int
-    factors: Factors
-    head: dict[str, torch.Tensor]
-    pruning_ratio: float = 0.0
-    arm: int | None = None
-    #: Given the key of the base a client holds, how to derive this base from it (None: download it).
-    derive: Callable[[Hashable], Derivation | None] | None = None
-    #: Ratio of the sub-model actually sent when the device prunes the rest itself (``pruning.where:
-    #: client``); None means ``pruning_ratio``. ``pruning_ratio`` is always the ratio the device ends at.
-    submodel_ratio: float | None = None
-    #: Units the device removes during local training (None: no device-side pruning).
-    local_pruning: LocalPruningTask | None = None
-    #: Optimiser steps this round (None: ``training.local_steps``); FedSpine's ``bandit.fill_budget``
-    #: raises it for devices that would otherwise wait on the round's slowest device.
-    local_steps: int | None = None
-
-    def steps(self, default: int) -> int:
-        """Optimiser steps this round: ``local_steps``, else ``default`` (``training.local_steps``)."""
-        return self.local_steps or default
-
-    @property
-    def base_ratio(self) -> float:
-        return self.pruning_ratio if self.submodel_ratio is None else self.submodel_ratio
-
-
-@dataclass
-class ClientOutcome:
-    """What the server learned about one client in a round (successful or not)."""
-
-    client_id: int
-    assignment: ClientAssignment
-    status: str  # "ok", "straggler", "oom", "rejected", "actor_died"
-    num_samples: int
-    factors: Factors | None = None
-    head: dict[str, torch.Tensor] | None = None
-    loss_first: float = float("nan")
-    loss_last: float = float("nan")
-    loss_mean: float = float("nan")
-    sim_time_s: float = float("nan")
-    wall_time_s: float = float("nan")
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def usable(self) -> bool:
-        return self.status == "ok" and self.factors is not None
 
 
 class Strategy(ABC):
@@ -138,6 +57,21 @@ class Strategy(ABC):
     def evaluation_model(self) -> nn.Module:
         """A plain model (adapters merged, head loaded) on which the server measures test accuracy."""
 
+    @abstractmethod
+    def base_model(self, base_key: Hashable) -> nn.Module:
+        """The (sub-)model an assignment's ``base_key`` names, as a device downloads it whole.
+
+        Called once per distinct key per round (the server caches it for the round); the module may
+        share tensors with the global model: the server only measures and serialises it.
+        """
+
+    def derivation(self, held_key: Hashable, target_key: Hashable) -> Derivation | None:
+        """How a device holding ``held_key``'s model builds ``target_key``'s without a full download.
+
+        ``None`` (the default): it downloads the target whole.
+        """
+        return None
+
     def global_metrics(self) -> dict[str, float]:
         """Per-round metrics describing the global model (sparsity, sizes); overridden by pruning methods."""
         return {"sparsity": 0.0}
@@ -151,7 +85,7 @@ class Strategy(ABC):
 
         Generic on purpose, so a new strategy is resumable without code: every instance attribute except
         ``ctx``, those named in ``transient_state`` and plain functions. The result is pickled together
-        with the global model in one ``torch.save`` (fedspine_ray/checkpoint.py), so an attribute that
+        with the global model in one ``torch.save`` (fedspine_ray/runtime/checkpoint.py), so an attribute that
         refers to ``ctx.global_model`` or its tensors still does after loading.
         """
         skip = {"ctx", *self.transient_state}
@@ -165,17 +99,3 @@ class Strategy(ABC):
         """Restore :meth:`state_dict`'s attributes; call after ``setup(ctx)`` with the resumed context."""
         for key, value in state.items():
             setattr(self, key, value)
-
-
-def weighted_mean(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    total = float(sum(weights))
-    if total <= 0:
-        raise ValueError("weighted_mean: weights must sum to a positive number")
-    return sum(t * (w / total) for t, w in zip(tensors, weights, strict=True))
-
-
-def average_states(
-    states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]
-) -> dict[str, torch.Tensor]:
-    """Sample-weighted FedAvg of same-shaped tensor dicts (used for the full classification head)."""
-    return {key: weighted_mean([s[key] for s in states], weights) for key in states[0]}

@@ -5,7 +5,7 @@ Every client trains the same rank on the full model; A and B are averaged separa
 
 from __future__ import annotations
 
-from fedspine_ray.strategies.lora_base import LoRAStrategy
+from fedspine_ray.strategies.lora import LoRAStrategy
 
 
 class FedIT(LoRAStrategy):

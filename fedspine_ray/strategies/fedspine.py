@@ -7,7 +7,7 @@ re-factorised by SVD (``method.aggregation`` selects another rule, e.g. the cove
 ``fedspine``). On the pruning schedule the server merges the adapters into the base weights — so
 nothing learned is lost — scores units (Taylor or magnitude) and prunes the global model toward
 ``pruning.target_sparsity``. The bandit is a grid UCB or S-UCB over the continuous (ratio, rank) space
-(``bandit.algorithm: s_ucb``, fedspine_ray/sucb.py); it is rewarded with the multi-term reward (loss
+(``bandit.algorithm: s_ucb``, fedspine_ray/bandits/sucb.py); it is rewarded with the multi-term reward (loss
 improvement, pruning progress, LoRA-update importance, timeliness against the other clients' median
 completion time) or the earlier progress + timeliness one (``bandit.reward``; docs/bandit.md).
 """
@@ -22,22 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedspine_ray.adapters import linear_shapes, tensor_bytes
-from fedspine_ray.bandit import (
-    ArmGrid,
-    DeviceBandits,
-    fedspine_reward,
-    multi_term_reward,
-    pruning_progress,
-    timeliness,
-)
-from fedspine_ray.cost_model import ArmWork, DeviceTimeModel, round_budget
-from fedspine_ray.pruning import prunable_units
-from fedspine_ray.strategies.base import ClientAssignment, ClientOutcome, ServerContext
-from fedspine_ray.strategies.lora_base import LoRAStrategy
-from fedspine_ray.sucb import DeviceSUCB, allowed_ranks, allowed_ratios
+from fedspine_ray.bandits import Arm, DeviceLearners, build_learners
+from fedspine_ray.bandits.reward import fedspine_reward, multi_term_reward, pruning_progress, timeliness
+from fedspine_ray.devices.workload import adapter_bytes, linear_params
+from fedspine_ray.messages import ClientAssignment, ClientOutcome, tensor_bytes
+from fedspine_ray.modeling.adapters import lora_target_shapes
+from fedspine_ray.pruning import count_parameters, prunable_units
+from fedspine_ray.rounds.time_model import ArmWork, DeviceTimeModel, round_budget
+from fedspine_ray.strategies.base import ServerContext
+from fedspine_ray.strategies.lora import LoRAStrategy
 
-FAILED_STATUSES = ("oom", "rejected", "actor_died")
+
+def _cheapest_first(ratio: float, rank: int) -> float:
+    """Orders arms by how little they ask (largest ratio, then smallest rank): for devices never observed."""
+    return -ratio + rank * 1e-6
 
 
 class FedSpine(LoRAStrategy):
@@ -50,40 +48,12 @@ class FedSpine(LoRAStrategy):
 
     def setup(self, ctx: ServerContext) -> None:
         bandit = ctx.config.bandit
-        self.arms = ArmGrid(bandit.pruning_ratios, bandit.ranks)
-        self.bandits: DeviceBandits | DeviceSUCB
-        if bandit.algorithm == "s_ucb":
-            # continuous space spanned by the configured values; see fedspine_ray/sucb.py
-            self.bandits = DeviceSUCB(
-                allowed_ratios(min(bandit.pruning_ratios), max(bandit.pruning_ratios), bandit.ratio_step),
-                allowed_ranks(min(bandit.ranks), max(bandit.ranks)),
-                ctx.config.clients.num_clients,
-                seed=ctx.config.seed,
-                shared=bandit.shared,
-                gamma=bandit.gamma,
-                c=bandit.exploration,
-                lipschitz=bandit.lipschitz,
-                bandwidth=bandit.bandwidth,
-                split_after=bandit.split_after,
-            )
-        else:
-            options = {"c": bandit.exploration}
-            options.update({"gamma": bandit.gamma} if bandit.algorithm == "discounted_ucb" else {})
-            options.update({"window": bandit.window} if bandit.algorithm == "sliding_window_ucb" else {})
-            self.bandits = DeviceBandits(
-                self.arms,
-                ctx.config.clients.num_clients,
-                bandit.algorithm,
-                seed=ctx.config.seed,
-                shared=bandit.shared,
-                **options,
-            )
-        #: Per-device speeds learned from observed rounds (fedspine_ray/cost_model.py; bandit.predict_time).
+        #: One learner per device (or one shared) of ``bandit.algorithm``: grid UCB or S-UCB.
+        self.bandits: DeviceLearners = build_learners(bandit, ctx.config.clients.num_clients, ctx.config.seed)
+        #: Per-device speeds learned from observed rounds (fedspine_ray/rounds/time_model.py; bandit.predict_time).
         self.time_model = DeviceTimeModel(bandit.time_gamma)
         #: The base each device holds, as the server tracks it: what an arm would make it download.
         self.held_base: dict[int, tuple[int, float]] = {}
-        #: Grid arms a device ran out of memory at, or would (larger sub-model and rank), with a shared learner.
-        self.memory_blocked: dict[int, set[int]] = {}
         #: This round's selected clients, its time budget and the work of the arm each client plays.
         self._round_clients: list[int] = []
         self._budget: float | None = None
@@ -142,36 +112,17 @@ class FedSpine(LoRAStrategy):
         round's budget (:meth:`round_budget`); a device never observed plays the cheapest arm (largest
         ratio, smallest rank), so an unknown phone cannot hold the first round back with the full model.
         """
-        predict = self.ctx.config.bandit.predict_time
-        known = predict and self.time_model.knows(client_id)
-        if isinstance(self.bandits, DeviceSUCB):
-            cost, budget = None, math.inf
-            if known:
-                cost, budget = (lambda p, r: self.predicted_time(client_id, p, r)), self.round_budget()
-            elif predict:
-                cost, budget = (lambda p, r: p * -1.0 + r * 1e-6), -math.inf  # cheapest leaf
-            ratio, rank, cell = self.bandits.select(client_id, cost, budget)
-            arm = int(cell)
-        else:
-            allowed = None
-            if predict:
-                allowed = np.zeros(len(self.arms), dtype=bool)
-                allowed[self.arms.index((max(self.arms.ratios), min(self.arms.ranks)))] = True
-                if known:
-                    budget = self.round_budget()
-                    allowed |= np.array(
-                        [self.predicted_time(client_id, p, r) <= budget for p, r in self.arms.arms]
-                    )
-            blocked = self.memory_blocked.get(client_id)
-            if blocked:
-                keep = np.ones(len(self.arms), dtype=bool) if allowed is None else allowed.copy()
-                keep[sorted(blocked)] = False
-                allowed = keep if keep.any() else allowed
-            arm = self.bandits.select_index(client_id, allowed)
-            ratio, rank = self.arms[arm]
-        if predict:
-            self._round_work[client_id] = self.arm_work(client_id, float(ratio), int(rank))
-        return float(ratio), int(rank), arm
+        cost, budget = None, math.inf
+        if self.ctx.config.bandit.predict_time:
+            if self.time_model.knows(client_id):
+                cost = lambda p, r: self.predicted_time(client_id, p, r)  # noqa: E731
+                budget = self.round_budget()
+            else:
+                cost, budget = _cheapest_first, -math.inf
+        arm = self.bandits.select(client_id, cost, budget)
+        if cost is not None:
+            self._round_work[client_id] = self.arm_work(client_id, arm.ratio, arm.rank)
+        return arm.ratio, arm.rank, arm.key
 
     def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
         rewards = self._reward_bandits(outcomes)
@@ -218,7 +169,7 @@ class FedSpine(LoRAStrategy):
             self._base_work[cache_key] = self._base_cost(held_key, self._device_side_split(ratio)[0])
         compute, base_bytes = self._base_work[cache_key]
         costs = self._unit_costs()
-        adapters = rank * costs["adapter_bytes_per_rank"] + costs["head_bytes"]
+        adapters = adapter_bytes(costs["target_shapes"], rank, costs["element_bytes"]) + costs["head_bytes"]
         return ArmWork(compute=compute, bytes_down=base_bytes + adapters, bytes_up=float(adapters))
 
     def _base_cost(self, held_key: tuple[int, float] | None, ratio: float) -> tuple[float, float]:
@@ -250,17 +201,14 @@ class FedSpine(LoRAStrategy):
         """Unit counts and sizes of the current global model, computed once per global version."""
         if self._unit_costs_cache is None or self._unit_costs_cache[0] != self.version:
             model = self.ctx.global_model
-            linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
-            targets = linear_shapes(model, self.ctx.lora_targets).values()
-            element = next(model.parameters()).element_size()
             self._unit_costs_cache = (
                 self.version,
                 {
                     "units": prunable_units(model),
-                    "params": sum(p.numel() for p in model.parameters()),
-                    "linear_params": sum(m.weight.numel() for m in linears),
-                    "element_bytes": element,
-                    "adapter_bytes_per_rank": sum(out + in_ for out, in_ in targets) * element,
+                    "params": count_parameters(model),
+                    "linear_params": linear_params(model),
+                    "element_bytes": next(model.parameters()).element_size(),
+                    "target_shapes": lora_target_shapes(model, self.ctx.lora_targets),
                     "head_bytes": tensor_bytes(self.head),
                 },
             )
@@ -276,20 +224,12 @@ class FedSpine(LoRAStrategy):
             if outcome.status != "oom":
                 self.held_base[cid] = outcome.assignment.base_key  # type: ignore[assignment]
             work = self._round_work.get(cid)
-            compute_s = float(outcome.extras.get("sim_compute_s", math.nan))
-            if work is None or not math.isfinite(compute_s):
+            metrics = outcome.metrics
+            if work is None or not math.isfinite(metrics.sim_compute_s):
                 continue
-            measured = ArmWork(
-                work.compute,
-                float(outcome.extras.get("bytes_down", work.bytes_down)),
-                float(outcome.extras.get("bytes_up", work.bytes_up)),
-            )
+            measured = ArmWork(work.compute, float(metrics.bytes_down), float(metrics.bytes_up))
             self.time_model.observe(
-                cid,
-                measured,
-                compute_s,
-                float(outcome.extras.get("sim_download_s", math.nan)),
-                float(outcome.extras.get("sim_upload_s", math.nan)),
+                cid, measured, metrics.sim_compute_s, metrics.sim_download_s, metrics.sim_upload_s
             )
 
     # ------------------------------------------------------------------ bandit feedback
@@ -305,11 +245,7 @@ class FedSpine(LoRAStrategy):
             return float(devices.deadline_s)
         if self._budget is not None and math.isfinite(self._budget):
             return self._budget  # bandit.predict_time: finishing within the budget delayed nobody
-        others = [
-            o.sim_time_s
-            for o in outcomes
-            if o is not outcome and o.status not in FAILED_STATUSES and o.sim_time_s > 0
-        ]
+        others = [o.sim_time_s for o in outcomes if o is not outcome and not o.failed and o.sim_time_s > 0]
         if others:
             return float(np.median(others))
         return outcome.sim_time_s if outcome.sim_time_s > 0 else 1.0
@@ -321,7 +257,7 @@ class FedSpine(LoRAStrategy):
         for outcome in outcomes:
             if outcome.assignment.arm is None:
                 continue
-            failed = outcome.status in FAILED_STATUSES
+            failed = outcome.failed
             if bandit.reward == "multi_term":
                 reward = multi_term_reward(
                     terms.get(outcome.client_id, {}), bandit.reward_weights, failed=failed
@@ -335,23 +271,13 @@ class FedSpine(LoRAStrategy):
                     failed=failed,
                 )
             assignment = outcome.assignment
-            if isinstance(self.bandits, DeviceSUCB):
-                self.bandits.update(
-                    outcome.client_id, assignment.pruning_ratio, assignment.rank, reward, assignment.arm
-                )
+            arm = Arm(assignment.pruning_ratio, assignment.rank, assignment.arm)
+            if outcome.status == "oom":  # what follows for the device's larger arms is the learner's call
+                self.bandits.failed(outcome.client_id, arm, reward)
             else:
-                self.bandits.update(outcome.client_id, assignment.arm, reward)
-                if outcome.status == "oom" and self.bandits.shared:
-                    # a shared learner must not presume one device's failure for all: block it per device
-                    ratio, rank = self.arms[assignment.arm]
-                    self.memory_blocked.setdefault(outcome.client_id, set()).update(
-                        i for i, (p, r) in enumerate(self.arms.arms) if p <= ratio + 1e-9 and r >= rank
-                    )
-                elif outcome.status == "oom":
-                    self.bandits.out_of_memory(outcome.client_id, assignment.arm, reward)
-            outcome.extras["reward"] = reward
-            for name, value in terms.get(outcome.client_id, {}).items():
-                outcome.extras[f"reward_{name}"] = value
+                self.bandits.update(outcome.client_id, arm, reward)
+            outcome.metrics.reward = reward
+            outcome.metrics.reward_terms = dict(terms.get(outcome.client_id, {}))
             rewards.append(reward)
         return rewards
 
@@ -361,11 +287,7 @@ class FedSpine(LoRAStrategy):
         ``loss`` and ``update`` are relative to the round's best client, so they compare devices that saw
         the same global model, and their scale does not drift as the loss falls over the rounds.
         """
-        ok = [
-            o
-            for o in outcomes
-            if o.assignment.arm is not None and o.status not in FAILED_STATUSES and o.sim_time_s > 0
-        ]
+        ok = [o for o in outcomes if o.assignment.arm is not None and not o.failed and o.sim_time_s > 0]
         sparsity = float(self.global_metrics()["sparsity"])
         target = self.ctx.config.pruning.target_sparsity
         gains = {o.client_id: _loss_gain(o) for o in ok}
