@@ -61,6 +61,7 @@ def ray_session():
 
     os.environ.update(WORKER_ENV)
     ray.init(
+        address="local",  # a new embedded Ray even when a test cluster (or `ray start`) left its address behind
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,

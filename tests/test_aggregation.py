@@ -10,6 +10,7 @@ from fedspine_ray.strategies.aggregate import (
     ClientLoRA,
     InvalidUpdateError,
     get_aggregator,
+    normalise_steps,
     svd_factors,
     svd_factors_of_product,
     validate_update,
@@ -248,3 +249,55 @@ def test_flexlora_coverage_keeps_the_previous_delta_where_nobody_trained():
     prev_delta = _delta(previous)
     expected = torch.where(kept[:, None], b @ a, prev_delta)
     assert torch.allclose(_delta(result), expected, atol=1e-5)
+
+
+def _fednova_by_hand(finals, starts, weights, steps):
+    """x_0 + tau_eff * sum_i p_i (x_i - x_0,i) / tau_i, written out for one tensor per client."""
+    p = [w / sum(weights) for w in weights]
+    tau_eff = sum(pi * t for pi, t in zip(p, steps, strict=True))
+    change = sum(pi * (x - x0) / t for pi, x, x0, t in zip(p, finals, starts, steps, strict=True))
+    return starts[0] + tau_eff * change
+
+
+def test_step_normalised_fedavg_matches_fednova_by_hand():
+    """Two clients started from the same adapter; one ran 4 local steps, one 16 (rounds.fill)."""
+    start = _rand(3, 0)
+    finals = [_rand(3, 1), _rand(3, 2)]
+    weights, steps = [10, 30], [4, 16]
+    updates = [ClientLoRA({"m": f}, n) for f, n in zip(finals, weights, strict=True)]
+    starts = [{"m": start}, {"m": start}]
+    agg = get_aggregator("fedavg")
+    a, b = agg.aggregate(normalise_steps(updates, starts, steps, agg), 3)["m"]
+    assert torch.allclose(
+        a, _fednova_by_hand([f[0] for f in finals], [start[0]] * 2, weights, steps), atol=1e-6
+    )
+    assert torch.allclose(
+        b, _fednova_by_hand([f[1] for f in finals], [start[1]] * 2, weights, steps), atol=1e-6
+    )
+    # the 16-step client no longer pulls 4x as hard: its change counts (tau_eff / 16) as much as FedAvg gives it
+    plain_a, _ = agg.aggregate(updates, 3)["m"]
+    assert not torch.allclose(plain_a, a)
+    # equal steps: FedNova is FedAvg exactly
+    same = normalise_steps(updates, starts, [8, 8], agg)
+    assert all(s is u for s, u in zip(same, updates, strict=True))
+
+
+def test_step_normalised_flexlora_matches_fednova_on_the_deltas():
+    """Delta-averaging rules rescale B A (stacked factors, exact); SVD with enough rank loses nothing."""
+    starts = [_rand(2, 10), _rand(3, 11)]  # heterogeneous ranks: each client's own start adapter
+    finals = [_rand(2, 12), _rand(3, 13)]
+    weights, steps = [5, 15], [12, 3]
+    updates = [ClientLoRA({"m": f}, n) for f, n in zip(finals, weights, strict=True)]
+    agg = get_aggregator("flexlora")
+    normalised = normalise_steps(updates, [{"m": s} for s in starts], steps, agg)
+    assert normalised[0].factors["m"][0].shape[0] == 4  # stacked: twice the client's rank
+    a, b = agg.aggregate(normalised, global_rank=10)["m"]
+    p = [w / sum(weights) for w in weights]
+    tau_eff = sum(pi * t for pi, t in zip(p, steps, strict=True))
+    expected = sum(
+        pi * (s[1] @ s[0] + tau_eff / t * (f[1] @ f[0] - s[1] @ s[0]))
+        for pi, s, f, t in zip(p, starts, finals, steps, strict=True)
+    )
+    assert torch.allclose(b @ a, expected, atol=1e-5)
+    with pytest.raises(ValueError, match=">= 1"):
+        normalise_steps(updates, [{"m": s} for s in starts], [0, 3], agg)

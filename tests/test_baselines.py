@@ -84,14 +84,14 @@ def test_device_side_pruning_through_ray(ray_session, tiny_llama_dir, tiny_text_
 def test_no_bandit_ablation_keeps_the_time_model_so_fill_budget_applies(
     ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
 ):
-    """fedspine_no_bandit + bandit.fill_budget: arms stay static, the fast devices still fill the round."""
+    """fedspine_no_bandit + rounds.fill: arms stay static, the fast devices still fill the round."""
     rounds, clients = _run(
         tmp_path,
         tiny_llama_dir,
         tiny_text_csv,
         profiles_path,
         "fedspine_no_bandit",
-        **{"bandit.fill_budget": True, "bandit.fill_max_factor": 3.0},
+        **{"rounds.fill": True, "rounds.fill_max_factor": 3.0},
     )
     assert (clients["status"] == "ok").all()
     assert clients.groupby("client_id")["pruning_ratio"].nunique().eq(1).all()  # static arms

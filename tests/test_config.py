@@ -26,7 +26,9 @@ def test_shipped_default_config_is_valid():
         ({"method": {"name": "fedprox"}}, "method.name"),
         ({"lora": {"rank": 2.5}}, "lora.rank"),
         ({"bogus": 1}, "bogus"),
-        ({"devices": {"round_policy": "deadline"}}, "devices.deadline_s"),
+        ({"rounds": {"end": "deadline"}}, "rounds.deadline_s"),
+        ({"bandit": {"fill_budget": True}}, "bandit.fill_budget"),
+        ({"devices": {"round_policy": "deadline"}}, "devices.round_policy"),
     ],
 )
 def test_bad_values_name_the_field(raw, field):

@@ -1,5 +1,5 @@
-"""The round-time model behind ``bandit.predict_time``: speed estimates, the budget, the arm filter, and
-the server-side work of an arm against what the runtime really moves."""
+"""The round policies (``rounds.*``): the round-time model's speed estimates, the budget, FedSpine's arm
+filter, fill for every method, and the work of an arm against what the runtime really moves."""
 
 import copy
 import dataclasses
@@ -100,6 +100,8 @@ def test_arm_work_matches_the_submodel_and_the_bytes_a_derivation_moves(tiny_lla
         pruning={"target_sparsity": 0.4, "importance": "magnitude", "end_fraction": 1.0},
         bandit={"pruning_ratios": [0.0, 0.5], "ranks": [2, 4]},
     )
+    held: dict[int, tuple[int, float]] = {}
+    ctx.held_base = held.get  # what the server tracks: the base each client holds
     strategy = build_strategy("fedspine")
     strategy.setup(ctx)
     strategy.configure_round(1, [0, 1])
@@ -115,10 +117,11 @@ def test_arm_work_matches_the_submodel_and_the_bytes_a_derivation_moves(tiny_lla
         2 * strategy.arm_work(0, 0.0, 2).bytes_up - tensor_bytes(strategy.head)
     )
     # a device holding the dense model needs nothing more for a sub-model of it ...
-    strategy.held_base[1] = (0, 0.0)
+    held[1] = (0, 0.0)
+    strategy.configure_round(1, [0, 1])  # a new round forgets the per-holding cache
     assert strategy.arm_work(1, 0.5, 4).bytes_down == pytest.approx(strategy.arm_work(1, 0.5, 4).bytes_up)
     # ... and one holding the half model, after a global prune, exactly the units its derivation sends
-    strategy.held_base[1] = (0, 0.5)
+    held[1] = (0, 0.5)
     strategy.factors = {k: (a, torch.randn_like(b) * 0.05) for k, (a, b) in strategy.factors.items()}
     assert strategy.global_prune_step(1)
     strategy.configure_round(2, [0, 1])
@@ -133,8 +136,11 @@ def test_fedspine_plays_only_arms_within_the_budget(tiny_llama_dir):
         tiny_llama_dir,
         method={"name": "fedspine"},
         pruning={"target_sparsity": 0.0},
-        bandit={"pruning_ratios": [0.0, 0.3, 0.6], "ranks": [2, 4], "time_slack": 0.0},
+        bandit={"pruning_ratios": [0.0, 0.3, 0.6], "ranks": [2, 4]},
+        rounds={"time_slack": 0.0},
     )
+    held: dict[int, tuple[int, float]] = {}
+    ctx.held_base = held.get
     strategy = build_strategy("fedspine")
     strategy.setup(ctx)
     first = strategy.configure_round(1, [0, 1])
@@ -142,11 +148,11 @@ def test_fedspine_plays_only_arms_within_the_budget(tiny_llama_dir):
     slow, fast = 1e-5, 1e-8  # client 0 is a thousand times slower
     for cid, rate in ((0, slow), (1, fast)):
         work = strategy.arm_work(cid, 0.6, 2)
-        strategy.time_model.observe(cid, work, *_phases(work, rate, rate / 100, rate / 100))
-        strategy.held_base[cid] = (strategy.version, 0.6)
+        strategy.policy.observe(cid, work, *_phases(work, rate, rate / 100, rate / 100))
+        held[cid] = (strategy.version, 0.6)
     for rnd in range(2, 9):
         assignments = strategy.configure_round(rnd, [0, 1])
-        budget = strategy.round_budget()
+        budget = strategy.policy.budget
         assert budget == pytest.approx(strategy.predicted_time(0, 0.6, 2))
         assert (assignments[0].pruning_ratio, assignments[0].rank) == (0.6, 2)
         assert strategy.predicted_time(1, assignments[1].pruning_ratio, assignments[1].rank) <= budget
@@ -163,7 +169,8 @@ def test_shared_learner_blocks_out_of_memory_arms_for_that_device_only(tiny_llam
         tiny_llama_dir,
         method={"name": "fedspine"},
         pruning={"target_sparsity": 0.0},
-        bandit={"pruning_ratios": [0.0, 0.5], "ranks": [2, 4], "shared": True, "predict_time": False},
+        bandit={"pruning_ratios": [0.0, 0.5], "ranks": [2, 4], "shared": True},
+        rounds={"time_model": False},
     )
     strategy = build_strategy("fedspine")
     strategy.setup(ctx)
@@ -188,25 +195,23 @@ def test_fill_budget_gives_early_devices_the_steps_that_fit_before_the_slowest_e
         method={"name": "fedspine"},
         pruning={"target_sparsity": 0.0},
         training={"rounds": 1, "local_steps": 6},
-        bandit={
-            "pruning_ratios": [0.0, 0.3, 0.6],
-            "ranks": [2, 4],
-            "time_slack": 0.1,
-            "fill_budget": True,
-            "fill_max_factor": 3.0,
-        },
+        bandit={"pruning_ratios": [0.0, 0.3, 0.6], "ranks": [2, 4]},
+        rounds={"time_slack": 0.1, "fill": True, "fill_max_factor": 3.0},
     )
+    held: dict[int, tuple[int, float]] = {}
+    ctx.held_base = held.get
     strategy = build_strategy("fedspine")
     strategy.setup(ctx)
     first = strategy.configure_round(1, [0, 1])
     assert all(a.local_steps is None for a in first.values())  # nothing observed yet: nothing to fill
     for cid, rate in ((0, 1e-5), (1, fast_rate)):  # client 0 is the slowest
         work = strategy.arm_work(cid, 0.6, 2)
-        strategy.time_model.observe(cid, work, *_phases(work, rate, rate / 100, rate / 100))
-        strategy.held_base[cid] = (strategy.version, 0.6)
-    speeds = {cid: strategy.time_model.rates(cid) for cid in (0, 1)}
+        strategy.policy.observe(cid, work, *_phases(work, rate, rate / 100, rate / 100))
+        held[cid] = (strategy.version, 0.6)
+    time_model = strategy.policy.time_model
+    speeds = {cid: time_model.rates(cid) for cid in (0, 1)}
     assignments = strategy.configure_round(2, [0, 1])
-    end = strategy.round_budget() / 1.1  # the slowest device's predicted time at its cheapest arm
+    end = strategy.policy.budget / 1.1  # the slowest device's predicted time at its cheapest arm
     assert assignments[0].local_steps is None  # the slowest device keeps its steps
     fast = assignments[1]
     work = strategy.arm_work(1, fast.pruning_ratio, fast.rank)
@@ -220,7 +225,7 @@ def test_fill_budget_gives_early_devices_the_steps_that_fit_before_the_slowest_e
         assert expected < 18  # a device 5x faster fills the round, and no more
     filled = strategy._round_work[1]  # what the time model will be told it did
     assert filled.compute == pytest.approx(work.compute * expected / 6)
-    assert strategy.time_model.predict(1, filled) <= end + 1e-12
+    assert time_model.predict(1, filled) <= end + 1e-12
     # observing the filled round at the same speed leaves the speed estimate where it was
-    strategy.time_model.observe(1, filled, *_phases(filled, fast_rate, fast_rate / 100, fast_rate / 100))
-    assert strategy.time_model.rates(1)[0] == pytest.approx(speeds[1][0])
+    time_model.observe(1, filled, *_phases(filled, fast_rate, fast_rate / 100, fast_rate / 100))
+    assert time_model.rates(1)[0] == pytest.approx(speeds[1][0])

@@ -59,7 +59,7 @@ def test_fedspine_prunes_for_weak_devices_and_records_arms(
     late = clients[clients["round"] >= 4]
     by_class = late.groupby("device_class")["pruning_ratio"].mean()
     assert by_class["slow_box"] > by_class["fast_box"], by_class
-    # round-time model (bandit.predict_time): unknown devices start at the cheapest arm; from round 2 the
+    # round-time model (rounds.time_model): unknown devices start at the cheapest arm; from round 2 the
     # slow devices, which set the budget, never play the full model that would hold the round back
     assert (clients.loc[clients["round"] == 1, "pruning_ratio"] == 0.5).all()
     slow_later = clients[(clients["round"] >= 2) & (clients["device_class"] == "slow_box")]
@@ -140,7 +140,7 @@ def test_fill_budget_trains_fast_devices_longer_without_lengthening_rounds(
         tmp_path / "fill",
         profiles_path,
         training={"rounds": 4},
-        bandit={"fill_budget": True, "fill_max_factor": 3.0},
+        rounds={"fill": True, "fill_max_factor": 3.0},
     )
     run_experiment(config, progress=False)
     rounds, clients = read_run(tmp_path / "fill")
@@ -156,3 +156,35 @@ def test_fill_budget_trains_fast_devices_longer_without_lengthening_rounds(
     assert (per_step.groupby(clients["client_id"]).nunique() == 1).all()
     budget = rounds.set_index("round")["time_budget_s"]
     assert (later["sim_time_s"] <= 1.5 * later["round"].map(budget)).all()
+
+
+@pytest.mark.parametrize(("method", "normalise"), [("fedit", False), ("flexlora", True)])
+def test_fill_is_a_round_policy_a_dense_baseline_fills_too(
+    ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path, method, normalise
+):
+    """rounds.fill is not FedSpine's: a dense baseline's fast devices train longer instead of waiting, and its
+    rounds are set by its own slowest device (no pruning, no bandit, every device on the full model); with
+    method.normalise_steps the filled updates are aggregated step-normalised (FedNova)."""
+    config = fedspine_config(
+        tiny_llama_dir,
+        tiny_text_csv,
+        tmp_path / method,
+        profiles_path,
+        training={"rounds": 3},
+        method={"name": method, "normalise_steps": normalise},
+        pruning={"target_sparsity": 0.0},
+        bandit={"pruning_ratios": [0.0], "ranks": [2, 4]},
+        rounds={"fill": True, "fill_max_factor": 3.0},
+    )
+    run_experiment(config, progress=False)
+    rounds, clients = read_run(tmp_path / method)
+    assert (clients["status"] == "ok").all() and (clients["pruning_ratio"] == 0.0).all()
+    first, later = clients[clients["round"] == 1], clients[clients["round"] >= 2]
+    assert (first["local_steps"] == 4).all()  # nothing observed yet
+    by_class = later.groupby("device_class")["local_steps"]
+    assert by_class.max()["slow_box"] == 4 and by_class.min()["fast_box"] > 4
+    budget = rounds.set_index("round")["time_budget_s"]
+    assert budget.loc[1] == float("inf") and np.isfinite(budget.loc[2:]).all()
+    # the round still ends with the slow devices: no filled device outlasts the budget's end by much
+    assert (later["sim_time_s"] <= 1.5 * later["round"].map(budget)).all()
+    assert rounds["train_loss"].iloc[1:].notna().all() and (rounds["num_aggregated"].iloc[1:] == 4).all()

@@ -137,10 +137,10 @@ def test_testbed80_comparison_runs_the_shipped_fedspine_on_the_80_jetsons():
         assert config.pruning == shipped.pruning
     matched = configs.pop("fedspine_matched")  # testbed80.yaml as shipped: FedIT's time for 10 rounds there
     assert matched.training == load_config(REPO / "fedspine_ray/configs/testbed80.yaml").training
-    assert matched.bandit.fill_budget and matched.training.sim_time_budget_fedit_rounds == 10
+    assert matched.rounds.fill and matched.training.sim_time_budget_fedit_rounds == 10
     for config in configs.values():  # baselines and the paper's FedSpine: 10 rounds, no budget, no fill
         assert config.training.rounds == 10 and config.training.sim_time_budget_fedit_rounds is None
-        assert not config.bandit.fill_budget
+        assert not config.rounds.fill
     assert configs["fedit_pruned"].method.prune_global and not configs["fedit"].method.prune_global
 
 
@@ -208,9 +208,7 @@ def test_paper_comparison_sweep_validates():
         "fedit_pruned"
     } - fedspine_settings
     assert configs["fedit_pruned"].method.prune_global and configs["fedit"].method.prune_global is False
-    assert (
-        configs["fedspine"].bandit.predict_time and not configs["fedspine_no_time_model"].bandit.predict_time
-    )
+    assert configs["fedspine"].rounds.time_model and not configs["fedspine_no_time_model"].rounds.time_model
     assert (
         configs["fedspine_grid"].bandit.algorithm == "discounted_ucb" != configs["fedspine"].bandit.algorithm
     )
@@ -222,19 +220,19 @@ def test_paper_comparison_sweep_validates():
         "fedspine_matched"
     )  # the shipped FedSpine: FedIT's time for 10 rounds, with the fill
     assert matched.training == shipped.training and matched.bandit == shipped.bandit
-    assert shipped.training.sim_time_budget_fedit_rounds == 10 and shipped.bandit.fill_budget
+    assert shipped.training.sim_time_budget_fedit_rounds == 10 and shipped.rounds.fill
     timed = configs.pop("fedspine_timed").training
     assert (timed.max_sim_time_s, timed.rounds, timed.sim_time_budget_fedit_rounds) == (120, 40, None)
     fill = configs.pop("fedspine_fill")  # fedspine_timed plus local steps that fill the round
-    assert fill.training == timed and fill.bandit.fill_budget
-    assert not configs["fedspine"].bandit.fill_budget
+    assert fill.training == timed and fill.rounds.fill
+    assert not configs["fedspine"].rounds.fill
     # everyone else as the comparison was measured: 10 rounds, no time budget, no fill
     measured = dataclasses.replace(shipped.training, rounds=10, sim_time_budget_fedit_rounds=None)
     assert dataclasses.replace(timed, max_sim_time_s=None, rounds=10) == measured
     for config in configs.values():  # the same population, data, rounds and sparsity target for everyone
         assert config.devices.mix == shipped.devices.mix and config.clients == shipped.clients
         assert config.training == measured and config.pruning == shipped.pruning
-        assert not config.bandit.fill_budget
+        assert not config.rounds.fill
 
 
 def test_smoke_sweep_runs_two_real_tune_trials(ray_session, tiny_llama_dir, tiny_text_csv, tmp_path):

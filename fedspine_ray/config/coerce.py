@@ -13,8 +13,20 @@ from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 from fedspine_ray.config.errors import ConfigError
+from fedspine_ray.config.names import MOVED_FIELDS
 
-__all__ = ["build_dataclass"]
+__all__ = ["build_dataclass", "moved_error"]
+
+
+def moved_error(dotted: str) -> None:
+    """Raise the one-line error for a field that moved (:data:`~fedspine_ray.config.names.MOVED_FIELDS`)."""
+    new = MOVED_FIELDS.get(dotted)
+    if new is not None:
+        section, _, leaf = new.partition(".")
+        raise ConfigError(
+            f"{dotted}: moved to {new} (round policies apply to every method); fix: write {section}: {{{leaf}: ...}}"
+            f" or --set {new}=..."
+        )
 
 
 def build_dataclass(cls: type, raw: Any, where: str = "") -> Any:
@@ -30,6 +42,7 @@ def build_dataclass(cls: type, raw: Any, where: str = "") -> Any:
     unknown = sorted(set(raw) - known)
     if unknown:
         prefix = f"{where}." if where else ""
+        moved_error(f"{prefix}{unknown[0]}")
         raise ConfigError(f"{prefix}{unknown[0]}: unknown field; known fields are {sorted(known)}")
     kwargs = {}
     for name, value in raw.items():

@@ -36,3 +36,16 @@ REWARD_TERMS: tuple[str, ...] = ("loss", "pruning", "update", "time")
 #: Default weights: timeliness dominates because it is the only term measured to steer the bandit well
 #: (issue 9); the three learning-side terms share the rest so that no single noisy one decides.
 DEFAULT_REWARD_WEIGHTS: dict[str, float] = {"loss": 0.15, "pruning": 0.1, "update": 0.15, "time": 0.6}
+
+#: Fields that moved, dotted old name -> new name: a config using the old name fails with one line naming the
+#: new one (round policies left ``bandit`` / ``devices`` for their own section, since they apply to every method).
+MOVED_FIELDS: dict[str, str] = {
+    "bandit.predict_time": "rounds.time_model",
+    "bandit.time_slack": "rounds.time_slack",
+    "bandit.time_gamma": "rounds.time_gamma",
+    "bandit.fill_budget": "rounds.fill",
+    "bandit.fill_max_factor": "rounds.fill_max_factor",
+    "devices.round_policy": "rounds.end",
+    "devices.deadline_s": "rounds.deadline_s",
+    "devices.count_stragglers": "rounds.count_stragglers",
+}

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from fedspine_ray.config.coerce import build_dataclass
+from fedspine_ray.config.coerce import build_dataclass, moved_error
 from fedspine_ray.config.errors import ConfigError, require
 from fedspine_ray.config.names import (
     AGGREGATOR_NAMES,
@@ -414,25 +414,10 @@ class BanditConfig:
     #: Weights of the multi-term reward's terms (keys among ``loss``, ``pruning``, ``update``, ``time``; ≥ 0,
     #: renormalised; a missing key weighs 0).
     reward_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
-    #: Learn each device's seconds per unit of compute and per byte from its observed rounds, predict every arm's
-    #: round time and let the bandit choose only among arms predicted to finish within the round's budget; a
-    #: device not yet observed plays the cheapest arm (docs/bandit.md, "Round-time model").
-    predict_time: bool = True
     #: One learner for all devices instead of one per device: the arms' learning value is pooled, while time
-    #: (``predict_time``) and out-of-memory arms stay per device. Measured worse on the shipped config
+    #: (``rounds.time_model``) and out-of-memory arms stay per device. Measured worse on the shipped config
     #: (docs/bandit.md).
     shared: bool = False
-    #: The budget is ``(1 + time_slack)`` × the slowest selected device's predicted time at its cheapest arm
-    #: (largest ratio, smallest rank), ≥ 0.
-    time_slack: float = 0.1
-    #: Discount of the speed estimates per observed round of a device, in (0, 1]; smaller follows drifting
-    #: devices faster.
-    time_gamma: float = 0.7
-    #: Beyond the paper: a device predicted to finish before the round's slowest device trains more local steps,
-    #: as many as fit before that device's predicted end (needs ``predict_time``; docs/bandit.md).
-    fill_budget: bool = False
-    #: At most this many times ``training.local_steps`` per round under ``fill_budget``, >= 1.
-    fill_max_factor: float = 4.0
 
     def validate(self, where: str) -> None:
         require(len(self.pruning_ratios) >= 1, f"{where}.pruning_ratios", "needs at least one value")
@@ -445,14 +430,6 @@ class BanditConfig:
         require(self.lipschitz >= 0, f"{where}.lipschitz", "must be >= 0")
         require(self.bandwidth > 0, f"{where}.bandwidth", "must be > 0")
         require(self.split_after > 0, f"{where}.split_after", "must be > 0")
-        require(self.time_slack >= 0, f"{where}.time_slack", "must be >= 0 (e.g. 0.1)")
-        require(0 < self.time_gamma <= 1, f"{where}.time_gamma", "must be in (0, 1]")
-        require(self.fill_max_factor >= 1, f"{where}.fill_max_factor", "must be >= 1 (e.g. 4)")
-        require(
-            self.predict_time or not self.fill_budget,
-            f"{where}.fill_budget",
-            "needs the round-time model: set bandit.predict_time: true, or fill_budget: false",
-        )
         terms = REWARD_TERMS
         require(
             set(self.reward_weights) <= set(terms) and all(w >= 0 for w in self.reward_weights.values()),
@@ -471,33 +448,66 @@ class DevicesConfig:
     mix: dict[str, float] = field(default_factory=dict)
     #: Extra device-profile YAML merged over the shipped ``profiles.yaml`` (add or override classes).
     profiles_path: str | None = None
-    #: ``wait_all``: a round lasts as long as its slowest client; ``deadline``: it ends at ``deadline_s``, and
-    #: later clients are stragglers.
-    round_policy: Literal["wait_all", "deadline"] = "wait_all"
-    #: Simulated round deadline in seconds; required (> 0) with ``deadline``.
-    deadline_s: float | None = None
-    #: ``true``: aggregate stragglers anyway (the round still ends at the deadline).
-    count_stragglers: bool = False
 
     def validate(self, where: str) -> None:
         require(all(v >= 0 for v in self.mix.values()), f"{where}.mix", "proportions must be >= 0")
         if self.mix:
             require(sum(self.mix.values()) > 0, f"{where}.mix", "proportions must not all be 0")
-        if self.round_policy == "deadline":
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    """How every round is run, the same for every method: when it ends, what the learned per-device
+    round-time model decides, and whether devices that would wait train more instead (docs/rounds.md).
+
+    These policies belong to the round, not to a method: a comparison gives every method the same ones
+    (fedspine_ray/rounds/policy.py implements them once; strategies use it).
+    """
+
+    #: ``wait_all``: a round lasts as long as its slowest client; ``deadline``: it ends at ``deadline_s``, and
+    #: later clients are stragglers.
+    end: Literal["wait_all", "deadline"] = "wait_all"
+    #: Simulated round deadline in seconds; required (> 0) with ``end: deadline``.
+    deadline_s: float | None = None
+    #: ``true``: aggregate stragglers anyway (the round still ends at the deadline).
+    count_stragglers: bool = False
+    #: Learn each device's seconds per unit of compute and per byte from its observed rounds and predict its
+    #: round time for any (pruning ratio, rank): the round's budget is the slowest selected device's predicted
+    #: time at its cheapest option, FedSpine's bandit plays only arms predicted within it, and ``fill`` uses it.
+    time_model: bool = True
+    #: The round's budget is ``(1 + time_slack)`` x the slowest selected device's predicted time at its cheapest
+    #: option (FedSpine: largest ratio, smallest rank; a method with fixed arms: its own arm), >= 0.
+    time_slack: float = 0.1
+    #: Discount of the speed estimates per observed round of a device, in (0, 1]; smaller follows drifting
+    #: devices faster.
+    time_gamma: float = 0.7
+    #: Devices predicted to finish before the round's slowest device train more local steps, as many as fit
+    #: before that device's predicted end (at most ``fill_max_factor`` x ``training.local_steps``); the slowest
+    #: keeps its steps, so rounds do not get longer. Needs ``time_model``. Any method (beyond every paper).
+    fill: bool = False
+    #: At most this many times ``training.local_steps`` per round under ``fill``, >= 1.
+    fill_max_factor: float = 4.0
+
+    def validate(self, where: str) -> None:
+        if self.end == "deadline":
             require(
                 self.deadline_s is not None and self.deadline_s > 0,
                 f"{where}.deadline_s",
-                "must be a positive number when round_policy is 'deadline'",
+                "must be a positive number when end is 'deadline'",
             )
+        require(self.time_slack >= 0, f"{where}.time_slack", "must be >= 0 (e.g. 0.1)")
+        require(0 < self.time_gamma <= 1, f"{where}.time_gamma", "must be in (0, 1]")
+        require(self.fill_max_factor >= 1, f"{where}.fill_max_factor", "must be >= 1 (e.g. 4)")
+        require(
+            self.time_model or not self.fill,
+            f"{where}.fill",
+            "needs the round-time model: set rounds.time_model: true, or fill: false",
+        )
 
 
 @dataclass(frozen=True)
 class MethodConfig:
-    """Which federated strategy runs (``method.name``: see ``STRATEGIES`` and docs/config.md for the list).
-
-    ``fixed_ratio`` is the one pruning ratio every device gets under the ``fixed_ratio`` baseline (null:
-    the median of ``bandit.pruning_ratios``).
-    """
+    """Which federated strategy runs and how it aggregates (``method.name``: see ``STRATEGIES``)."""
 
     #: Federated method (registered in ``fedspine_ray.strategies.STRATEGIES``): ``fedit`` (LoRA FedAvg),
     #: ``hetlora``, ``flexlora``, ``fedspine``; pruning baselines ``fixed_ratio``, ``random_arms``,
@@ -515,6 +525,11 @@ class MethodConfig:
     #: The one pruning ratio every device gets under ``fixed_ratio``, in [0, 1); ``null`` = the median of
     #: ``bandit.pruning_ratios``.
     fixed_ratio: float | None = None
+    #: Step-normalised aggregation (FedNova's rule) under any aggregator: each client's change of its adapter is
+    #: divided by the local steps it ran and the average rescaled by the sample-weighted mean step count, so a
+    #: device that trained 16 steps (``rounds.fill``) does not pull the global adapter 4x as far as one that
+    #: trained 4 (docs/rounds.md).
+    normalise_steps: bool = False
 
     def validate(self, where: str) -> None:
         require(
@@ -629,6 +644,7 @@ class ExperimentConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     bandit: BanditConfig = field(default_factory=BanditConfig)
     devices: DevicesConfig = field(default_factory=DevicesConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
 
@@ -670,6 +686,7 @@ class ExperimentConfig:
                     raise ConfigError(f"{dotted}: no such section {part!r}")
                 node = node[part]
             if leaf not in node:
+                moved_error(dotted)
                 raise ConfigError(f"{dotted}: unknown field")
             node[leaf] = value
         config = build_dataclass(ExperimentConfig, data)

@@ -63,5 +63,5 @@ def ensure_ray(address: str | None, resources: Mapping[str, float], quiet: bool 
         # A new local cluster turns on token authentication (Ray's default) and warns that it did, on every
         # start: keep the protection, drop the notice (errors from that module still show).
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address=address, **kwargs)
+    ray.init(address=address if address is not None else "local", **kwargs)  # never a stray `ray start`
     return True

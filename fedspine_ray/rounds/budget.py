@@ -88,11 +88,8 @@ def predicted_fedit_time(
             holds.add(cid)
             flops = estimate_training_flops(cost.flops_per_token, int(round(tokens[cid])))
             times[cid] = simulated_round_time(flops, down, exchanged, cost.conditions).total_s
-        devices_cfg = config.devices
+        policy = config.rounds
         total += round_end_time(
-            times,
-            devices_cfg.round_policy,
-            devices_cfg.deadline_s,
-            drop_stragglers=not devices_cfg.count_stragglers,
+            times, policy.end, policy.deadline_s, drop_stragglers=not policy.count_stragglers
         ).end_time
     return total

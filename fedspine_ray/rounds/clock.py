@@ -76,13 +76,13 @@ class RoundClock:
                 metrics.sim_download_s = timing.download_s
                 metrics.sim_upload_s = timing.upload_s
             times[outcome.client_id] = outcome.sim_time_s
-        devices = self.config.devices
+        policy = self.config.rounds
         result = round_end_time(
-            times, devices.round_policy, devices.deadline_s, drop_stragglers=not devices.count_stragglers
+            times, policy.end, policy.deadline_s, drop_stragglers=not policy.count_stragglers
         )
         for outcome in outcomes:
             if outcome.client_id in result.stragglers:
-                outcome.late, outcome.late_counts = True, devices.count_stragglers
+                outcome.late, outcome.late_counts = True, policy.count_stragglers
             if outcome.client_id in result.idle_s:
                 outcome.metrics.sim_idle_s = result.idle_s[outcome.client_id]
         self.now_s += result.end_time

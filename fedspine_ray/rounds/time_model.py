@@ -13,7 +13,7 @@ for that whole round (issue 9: 6 of 10 rounds were such exploration).
 in fedspine_ray/devices), :func:`round_budget` turns the predictions of one round's devices into the
 round's unavoidable duration: the slowest device at its fastest arm. Arms predicted to finish within
 that budget cost no round time, so the bandit explores and exploits only among them
-(``bandit.predict_time``, docs/bandit.md).
+(``rounds.time_model``, docs/rounds.md).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class DeviceTimeModel:
     def predict_phases(self, device_id: int, work: ArmWork) -> tuple[float, float]:
         """Predicted ``(compute seconds, transfer seconds)`` of ``work``; ``nan`` for a device never observed.
 
-        Split because only the compute part grows with the number of local steps (``bandit.fill_budget``).
+        Split because only the compute part grows with the number of local steps (``rounds.fill``).
         """
         if not self.knows(device_id):
             return math.nan, math.nan

@@ -153,6 +153,7 @@ class FederatedServer:
             },
             backend=build_backend(cfg.server),
             sim_clock_s=lambda: self.clock.now_s,
+            held_base=lambda client_id: self.client_base.get(client_id),
         )
         self.strategy = build_strategy(cfg.method.name)
         self.strategy.setup(self.ctx)

@@ -1,7 +1,8 @@
 """FedSpine ablations: FedSpine with one ingredient removed, for sweeps that ask where its lead comes from.
 
 * ``fedspine_no_bandit``: static arms from the devices' *known* capacity (slowest device: largest ratio and
-  smallest rank) - what FedSpine's bandit must match without being told the capacities;
+  smallest rank) - what FedSpine's bandit must match without being told the capacities (its round budget is
+  FedSpine's: the slowest device at the cheapest arm);
 * ``fedspine_no_prune``: FedSpine whose devices never prune beyond the global model (ratio 0; the bandit
   picks ranks only); the global model is still pruned on the schedule, so sparsity is equal;
 * ``fedspine_no_rank``: FedSpine with the rank fixed to the largest of ``bandit.ranks`` (the bandit picks
@@ -40,14 +41,11 @@ class FedSpineNoBandit(FedSpine):
 
     def choose(self, rnd: int, client_id: int) -> tuple[float, int, int | None]:
         ratio, rank = self.static_arm[client_id]
-        if self.ctx.config.bandit.predict_time:  # the round-time model still runs: bandit.fill_budget uses it
-            self._round_work[client_id] = self.arm_work(client_id, ratio, rank)
         return ratio, rank, None
 
     def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
-        """No arm to learn; the devices' speeds are still observed (the time model of ``fill_budget``)."""
-        self._observe_times(outcomes)
-        return {"time_budget_s": self._budget} if self._budget is not None else {}
+        """No arm to learn (the round policies still learn the devices' speeds, as for every method)."""
+        return {}
 
 
 class _FedSpineRestricted(FedSpine):

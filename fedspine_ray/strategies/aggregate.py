@@ -48,6 +48,7 @@ __all__ = [
     "InvalidUpdateError",
     "get_aggregator",
     "lora_deltas",
+    "normalise_steps",
     "svd_factors",
     "svd_factors_of_product",
     "average_states",
@@ -226,6 +227,9 @@ class Aggregator:
     """Base class: ``aggregate`` (server merge) and ``distribute`` (server -> client of rank r)."""
 
     name = "base"
+    #: What the rule averages: the ``factors`` A and B themselves, or the ``products`` B A (deltas). Step
+    #: normalisation (:func:`normalise_steps`) rescales whichever it is.
+    averages = "factors"
 
     def aggregate(
         self,
@@ -324,6 +328,7 @@ class FlexLoRAAggregator(Aggregator):
     ``global_rank``. Exact whenever ``rank(delta) <= global_rank``. Masks are ignored."""
 
     name = "flexlora"
+    averages = "products"
 
     def _aggregate_module(self, name, updates, rank, prev):  # type: ignore[no-untyped-def]
         weights = self._sample_weights(updates)
@@ -532,3 +537,50 @@ def validate_head(
             raise InvalidUpdateError(
                 f"{_who(client)}: head parameter {name!r} contains NaN/Inf; lower training.lr"
             )
+
+
+def normalise_steps(
+    updates: Sequence[ClientLoRA], starts: Sequence[Factors], steps: Sequence[int], aggregator: Aggregator
+) -> list[ClientLoRA]:
+    """Client updates rescaled so that ``aggregator`` applies FedNova's step-normalised rule.
+
+    FedNova (Wang et al., NeurIPS 2020): a client that ran ``tau_i`` local steps moved ``tau_i`` times as far
+    as a one-step client would have, so plain sample-weighted averaging over clients that ran 4 and 16 steps
+    (``rounds.fill``) pulls the global model towards the many-step clients' data. FedNova averages each
+    client's change per step and rescales by the effective step count ``tau_eff = sum_i p_i tau_i``::
+
+        x_new = x_0 + tau_eff * sum_i p_i (x_i - x_0) / tau_i
+
+    with sample weights ``p_i``. Every aggregator here is a sample-weighted average of something linear in
+    the client's result - the factors A and B (fedavg, hetlora, fedspine) or the product B A (flexlora,
+    flexlora_coverage) - so giving it ``x_0,i + c_i (x_i - x_0,i)`` with ``c_i = tau_eff / tau_i`` applies the
+    rule. ``x_0,i`` is what the client started from (``starts``, global coordinates: zero where its sub-model
+    had no units, so coverage stays what it was). For products the rescaled delta
+    ``c_i B_i A_i + (1 - c_i) B_0 A_0`` is written as stacked factors ``[c_i B_i, (1 - c_i) B_0] [A_i; A_0]``,
+    exact at twice the client's rank (the aggregator's SVD truncates to the global rank as always). With
+    equal step counts every ``c_i`` is 1 and the updates are returned unchanged.
+    """
+    if not (len(updates) == len(starts) == len(steps)):
+        raise ValueError("normalise_steps: one start and one step count per update")
+    if any(t < 1 for t in steps):
+        raise ValueError(f"normalise_steps: local step counts must be >= 1, got {list(steps)}")
+    total = float(sum(u.num_samples for u in updates))
+    tau_eff = sum(u.num_samples / total * t for u, t in zip(updates, steps, strict=True))
+    out = []
+    for update, start, tau in zip(updates, starts, steps, strict=True):
+        c = tau_eff / tau
+        if abs(c - 1.0) < 1e-12:
+            out.append(update)
+            continue
+        factors: Factors = {}
+        for name, (a, b) in update.factors.items():
+            a0, b0 = start[name]
+            if aggregator.averages == "products":
+                factors[name] = (
+                    torch.cat([a, a0.to(a.dtype)], 0),
+                    torch.cat([c * b, (1.0 - c) * b0.to(b.dtype)], 1),
+                )
+            else:
+                factors[name] = (a0 + c * (a - a0), b0 + c * (b - b0))
+        out.append(ClientLoRA(factors, update.num_samples, update.mask, update.client_id))
+    return out

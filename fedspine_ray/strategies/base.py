@@ -35,6 +35,9 @@ class ServerContext:
     backend: ServerBackend = field(default_factory=TorchBackend)
     #: The run's simulated clock (seconds since round 1 began); time-based pruning schedules read it.
     sim_clock_s: Callable[[], float] = field(default=lambda: 0.0)
+    #: The base key the client holds now (None: nothing), as the server tracks it for its transfers; what a
+    #: sub-model would make a device download depends on it.
+    held_base: Callable[[int], Hashable | None] = field(default=lambda client_id: None)
 
 
 class Strategy(ABC):

@@ -14,21 +14,15 @@ completion time) or the earlier progress + timeliness one (``bandit.reward``; do
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 
 from fedspine_ray.bandits import Arm, DeviceLearners, build_learners
 from fedspine_ray.bandits.reward import fedspine_reward, multi_term_reward, pruning_progress, timeliness
-from fedspine_ray.devices.workload import adapter_bytes, linear_params
-from fedspine_ray.messages import ClientAssignment, ClientOutcome, tensor_bytes
-from fedspine_ray.modeling.adapters import lora_target_shapes
-from fedspine_ray.pruning import count_parameters, prunable_units
-from fedspine_ray.rounds.time_model import ArmWork, DeviceTimeModel, round_budget
+from fedspine_ray.messages import ClientOutcome
 from fedspine_ray.strategies.base import ServerContext
 from fedspine_ray.strategies.lora import LoRAStrategy
 
@@ -50,187 +44,35 @@ class FedSpine(LoRAStrategy):
         bandit = ctx.config.bandit
         #: One learner per device (or one shared) of ``bandit.algorithm``: grid UCB or S-UCB.
         self.bandits: DeviceLearners = build_learners(bandit, ctx.config.clients.num_clients, ctx.config.seed)
-        #: Per-device speeds learned from observed rounds (fedspine_ray/rounds/time_model.py; bandit.predict_time).
-        self.time_model = DeviceTimeModel(bandit.time_gamma)
-        #: The base each device holds, as the server tracks it: what an arm would make it download.
-        self.held_base: dict[int, tuple[int, float]] = {}
-        #: This round's selected clients, its time budget and the work of the arm each client plays.
-        self._round_clients: list[int] = []
-        self._budget: float | None = None
-        self._round_work: dict[int, ArmWork] = {}
-        self._base_work: dict[tuple[tuple[int, float] | None, float], tuple[float, float]] = {}
-        self._unit_costs_cache: tuple[int, dict[str, Any]] | None = None
         super().setup(ctx)
 
     def max_rank(self) -> int:
         return max(self.ctx.config.bandit.ranks)
 
-    def configure_round(self, rnd: int, client_ids: Sequence[int]) -> dict[int, ClientAssignment]:
-        self._round_clients, self._budget, self._round_work, self._base_work = list(client_ids), None, {}, {}
-        assignments = super().configure_round(rnd, client_ids)
-        if self.ctx.config.bandit.fill_budget:
-            self._fill_round(assignments)
-        return assignments
-
-    def _fill_round(self, assignments: dict[int, ClientAssignment]) -> None:
-        """Give devices predicted to finish early as many more local steps as fit before the round ends.
-
-        Under ``wait_all`` a round lasts as long as its slowest device at its cheapest arm (the budget
-        without slack); a faster device would spend the rest of it idle. Here its compute is stretched to
-        end at that time: ``steps = local_steps x (end - predicted transfer) / predicted compute``, at most
-        ``fill_max_factor`` x ``local_steps`` and never fewer than ``local_steps``. The slowest device keeps
-        its steps, so the round is not predicted to last longer. Its predicted work is scaled too, so the
-        time model goes on measuring the device's speed, not the extra steps. Under a ``deadline`` policy
-        that caps the budget, the end is ``deadline / (1 + time_slack)``, short of the deadline on purpose:
-        a device that overruns it loses its whole update, one that overruns ``wait_all``'s end only
-        lengthens the round. Beyond the paper (its devices train a fixed number of iterations);
-        ``bandit.fill_budget``, off by default.
-        """
-        cfg = self.ctx.config
-        budget = self.round_budget()
-        if not math.isfinite(budget):
-            return
-        end = budget / (1.0 + cfg.bandit.time_slack)
-        steps = cfg.training.local_steps
-        for cid, assignment in assignments.items():
-            work = self._round_work.get(cid)
-            if work is None:
-                continue
-            compute_s, transfer_s = self.time_model.predict_phases(cid, work)
-            if not compute_s > 0:  # never observed (nan) or no compute to stretch
-                continue
-            factor = min(cfg.bandit.fill_max_factor, (end - transfer_s) / compute_s)
-            filled = max(steps, math.floor(steps * factor))
-            if filled > steps:
-                assignments[cid] = dataclasses.replace(assignment, local_steps=filled)
-                self._round_work[cid] = ArmWork(work.compute * filled / steps, work.bytes_down, work.bytes_up)
+    def cheapest_option(self, rnd: int, client_id: int) -> tuple[float, int]:
+        """The arm asking least of any device: the largest pruning ratio at the smallest rank."""
+        return max(self.ctx.config.bandit.pruning_ratios), min(self.ctx.config.bandit.ranks)
 
     def choose(self, rnd: int, client_id: int) -> tuple[float, int, int | None]:
         """(ratio, rank, arm): the grid arm's index, or for S-UCB the id of the leaf cell played.
 
-        With ``bandit.predict_time`` the bandit chooses only among arms predicted to finish within the
-        round's budget (:meth:`round_budget`); a device never observed plays the cheapest arm (largest
+        With ``rounds.time_model`` the bandit chooses only among arms predicted to finish within the
+        round's budget (rounds/policy.py); a device never observed plays the cheapest arm (largest
         ratio, smallest rank), so an unknown phone cannot hold the first round back with the full model.
         """
         cost, budget = None, math.inf
-        if self.ctx.config.bandit.predict_time:
-            if self.time_model.knows(client_id):
+        if self.ctx.config.rounds.time_model:
+            if self.policy.knows(client_id):
                 cost = lambda p, r: self.predicted_time(client_id, p, r)  # noqa: E731
-                budget = self.round_budget()
+                budget = self.policy.budget
             else:
                 cost, budget = _cheapest_first, -math.inf
         arm = self.bandits.select(client_id, cost, budget)
-        if cost is not None:
-            self._round_work[client_id] = self.arm_work(client_id, arm.ratio, arm.rank)
         return arm.ratio, arm.rank, arm.key
 
     def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
         rewards = self._reward_bandits(outcomes)
-        self._observe_times(outcomes)
-        metrics = {"mean_reward": float(np.mean(rewards)) if rewards else math.nan}
-        if self._budget is not None:
-            metrics["time_budget_s"] = self._budget
-        return metrics
-
-    # ------------------------------------------------------------------ round-time model
-    def round_budget(self) -> float:
-        """This round's budget: the slowest observed selected device at its cheapest arm, plus slack.
-
-        Under a deadline policy it never exceeds the deadline. ``inf`` while no device was observed.
-        """
-        if self._budget is None:
-            cfg = self.ctx.config
-            ratio, rank = max(cfg.bandit.pruning_ratios), min(cfg.bandit.ranks)
-            fastest = [
-                self.predicted_time(cid, ratio, rank)
-                for cid in self._round_clients
-                if self.time_model.knows(cid)
-            ]
-            budget = round_budget(fastest, cfg.bandit.time_slack)
-            if cfg.devices.round_policy == "deadline" and cfg.devices.deadline_s:
-                budget = min(budget, float(cfg.devices.deadline_s))
-            self._budget = budget
-        return self._budget
-
-    def predicted_time(self, client_id: int, ratio: float, rank: int) -> float:
-        """Predicted seconds of ``client_id``'s round at (ratio, rank); ``nan`` for an unobserved device."""
-        return self.time_model.predict(client_id, self.arm_work(client_id, ratio, rank))
-
-    def arm_work(self, client_id: int, ratio: float, rank: int) -> ArmWork:
-        """Compute and bytes the arm asks of this device now, from the sub-model's units and what it holds.
-
-        Compute is the sub-model's Linear parameters (training FLOPs per token are proportional). Down:
-        the units the device lacks, or the whole sub-model if it holds none, plus adapters and head; up:
-        adapters and head. Merges of earlier global prunes are low-rank and left out.
-        """
-        held_key = self.held_base.get(client_id)
-        cache_key = (held_key, ratio)
-        if cache_key not in self._base_work:
-            self._base_work[cache_key] = self._base_cost(held_key, self._device_side_split(ratio)[0])
-        compute, base_bytes = self._base_work[cache_key]
-        costs = self._unit_costs()
-        adapters = adapter_bytes(costs["target_shapes"], rank, costs["element_bytes"]) + costs["head_bytes"]
-        return ArmWork(compute=compute, bytes_down=base_bytes + adapters, bytes_up=float(adapters))
-
-    def _base_cost(self, held_key: tuple[int, float] | None, ratio: float) -> tuple[float, float]:
-        """(compute, base bytes down) of the sub-model at ``ratio`` for a device holding ``held_key``."""
-        self._submodel(ratio)
-        plan = self._issued[(self.version, ratio)]
-        costs = self._unit_costs()
-        units = costs["units"]
-        per_unit = {"attention": units.params_per_attention_unit, "mlp": units.params_per_channel}
-        current = {"attention": units.attention_units, "mlp": units.mlp_channels}
-        removed = sum(
-            (current[kind][layer] - len(getattr(plan, kind)[layer])) * per_unit[kind][layer]
-            for layer in plan.layers
-            for kind in per_unit
-        )
-        held = self._issued.get(held_key) if held_key is not None else None  # type: ignore[arg-type]
-        if held is None:
-            base_params = costs["params"] - removed
-        else:
-            base_params = sum(
-                len(set(getattr(plan, kind)[layer]) - set(getattr(held, kind).get(layer, ())))
-                * per_unit[kind][layer]
-                for layer in plan.layers
-                for kind in per_unit
-            )
-        return float(costs["linear_params"] - removed), float(base_params * costs["element_bytes"])
-
-    def _unit_costs(self) -> dict[str, Any]:
-        """Unit counts and sizes of the current global model, computed once per global version."""
-        if self._unit_costs_cache is None or self._unit_costs_cache[0] != self.version:
-            model = self.ctx.global_model
-            self._unit_costs_cache = (
-                self.version,
-                {
-                    "units": prunable_units(model),
-                    "params": count_parameters(model),
-                    "linear_params": linear_params(model),
-                    "element_bytes": next(model.parameters()).element_size(),
-                    "target_shapes": lora_target_shapes(model, self.ctx.lora_targets),
-                    "head_bytes": tensor_bytes(self.head),
-                },
-            )
-        return self._unit_costs_cache[1]
-
-    def _observe_times(self, outcomes: Sequence[ClientOutcome]) -> None:
-        """Fold each finished device's measured phases into its speeds; track the base it now holds."""
-        for outcome in outcomes:
-            cid = outcome.client_id
-            if outcome.status == "actor_died":
-                self.held_base.pop(cid, None)
-                continue
-            if outcome.status != "oom":
-                self.held_base[cid] = outcome.assignment.base_key  # type: ignore[assignment]
-            work = self._round_work.get(cid)
-            metrics = outcome.metrics
-            if work is None or not math.isfinite(metrics.sim_compute_s):
-                continue
-            measured = ArmWork(work.compute, float(metrics.bytes_down), float(metrics.bytes_up))
-            self.time_model.observe(
-                cid, measured, metrics.sim_compute_s, metrics.sim_download_s, metrics.sim_upload_s
-            )
+        return {"mean_reward": float(np.mean(rewards)) if rewards else math.nan}
 
     # ------------------------------------------------------------------ bandit feedback
     def _reference_time(self, outcome: ClientOutcome, outcomes: Sequence[ClientOutcome]) -> float:
@@ -240,11 +82,11 @@ class FedSpine(LoRAStrategy):
         Leaving the device itself out matters: with a plain median, a slow device that is half the
         population moves the median with its own arm and sees no benefit from pruning.
         """
-        devices = self.ctx.config.devices
-        if devices.round_policy == "deadline" and devices.deadline_s:
-            return float(devices.deadline_s)
-        if self._budget is not None and math.isfinite(self._budget):
-            return self._budget  # bandit.predict_time: finishing within the budget delayed nobody
+        policy = self.ctx.config.rounds
+        if policy.end == "deadline" and policy.deadline_s:
+            return float(policy.deadline_s)
+        if math.isfinite(self.policy.budget):
+            return self.policy.budget  # rounds.time_model: finishing within the budget delayed nobody
         others = [o.sim_time_s for o in outcomes if o is not outcome and not o.failed and o.sim_time_s > 0]
         if others:
             return float(np.median(others))

@@ -7,23 +7,33 @@ rank by the aggregator's ``distribute`` and sliced to the sub-model's coordinate
 scattered into global coordinates (zeros where the sub-model had no units, with a coverage mask) and
 merged by the configured aggregator. Subclasses only decide each client's (pruning ratio, rank) and what
 happens to the global model after aggregation.
+
+The round policies apply here, to every method alike (fedspine_ray/rounds/policy.py): before choosing, the
+round's budget comes from each selected device's predicted time at its cheapest option; after choosing,
+devices predicted to finish early get more local steps (``rounds.fill``); after the round, every device's
+measured phases update its learned speeds. What an option asks of a device (compute, bytes) is
+:meth:`LoRAStrategy.arm_work`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Callable, Hashable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from fedspine_ray.messages import ClientAssignment, ClientOutcome, Derivation
+from fedspine_ray.devices.workload import adapter_bytes, linear_params
+from fedspine_ray.messages import ClientAssignment, ClientOutcome, Derivation, tensor_bytes
 from fedspine_ray.modeling.adapters import Factors, init_factors, lora_target_shapes, module_state
 from fedspine_ray.pruning import (
     PruningPlan,
     UnitImportance,
     apply_plan,
+    count_parameters,
     identity_plan,
     linear_index_map,
     lora_to_global,
@@ -39,7 +49,15 @@ from fedspine_ray.pruning import (
     unit_slices,
 )
 from fedspine_ray.pruning.local import ImportanceTracker, LocalPruningTask, removal_counts
-from fedspine_ray.strategies.aggregate import Aggregator, ClientLoRA, average_states, get_aggregator
+from fedspine_ray.rounds.policy import RoundPolicy
+from fedspine_ray.rounds.time_model import ArmWork
+from fedspine_ray.strategies.aggregate import (
+    Aggregator,
+    ClientLoRA,
+    average_states,
+    get_aggregator,
+    normalise_steps,
+)
 from fedspine_ray.strategies.base import ServerContext, Strategy
 
 IndexMap = dict[str, tuple[torch.Tensor | None, torch.Tensor | None]]
@@ -79,6 +97,12 @@ class LoRAStrategy(Strategy):
         self.pruning_done = False  # set by the step that reaches the schedule's end
         #: Devices' aggregated LoRA-gradient unit scores (``pruning.where: client``); empty until reported.
         self.device_importance = ImportanceTracker(cfg.pruning.importance_smoothing)
+        #: The round policies (``rounds``): learned device speeds, this round's budget, fill.
+        self.policy = RoundPolicy(cfg.rounds)
+        #: The work each client's assignment asks of its device this round (what the time model observes).
+        self._round_work: dict[int, ArmWork] = {}
+        self._base_work: dict[tuple[Hashable, float], tuple[float, float]] = {}
+        self._unit_costs_cache: tuple[int, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ hooks for subclasses
     def max_rank(self) -> int:
@@ -88,13 +112,27 @@ class LoRAStrategy(Strategy):
         """(pruning ratio, LoRA rank, bandit arm or None) of a client this round."""
         return 0.0, self.ctx.config.lora.rank, None
 
+    def cheapest_option(self, rnd: int, client_id: int) -> tuple[float, int]:
+        """The (ratio, rank) that asks least of the client this round: what the round's budget is set from.
+
+        A method whose arms are fixed has one option, its own arm (the default asks :meth:`choose`, which
+        must then have no side effect); a method that chooses among arms overrides this.
+        """
+        ratio, rank, _ = self.choose(rnd, client_id)
+        return ratio, rank
+
     def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
         """Called once the global adapter is updated (pruning, bandit feedback); returns metrics."""
         return {}
 
     # ------------------------------------------------------------------ round protocol
     def configure_round(self, rnd: int, client_ids: Sequence[int]) -> dict[int, ClientAssignment]:
-        self._round_plans = {}
+        self._round_plans, self._round_work, self._base_work = {}, {}, {}
+        timed = self.ctx.config.rounds.time_model
+        if timed:
+            self.policy.begin_round(
+                client_ids, lambda cid: self.arm_work(cid, *self.cheapest_option(rnd, cid))
+            )
         assignments = {}
         by_rank: dict[int, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}  # distribute once per rank
         for cid in client_ids:
@@ -115,7 +153,21 @@ class LoRAStrategy(Strategy):
                 submodel_ratio=start,
                 local_pruning=local,
             )
+            if timed:
+                self._round_work[cid] = self.arm_work(cid, ratio, rank)
+        if self.ctx.config.rounds.fill:
+            self._fill_round(assignments)
         return assignments
+
+    def _fill_round(self, assignments: dict[int, ClientAssignment]) -> None:
+        """Give devices predicted to finish early the local steps that fit before the round's end."""
+        steps = self.ctx.config.training.local_steps
+        for cid, assignment in assignments.items():
+            work = self._round_work.get(cid)
+            filled = self.policy.fill(cid, work, steps) if work is not None else None
+            if filled is not None:
+                assignments[cid] = dataclasses.replace(assignment, local_steps=filled.steps)
+                self._round_work[cid] = filled.work
 
     def _device_side_split(self, ratio: float) -> tuple[float, LocalPruningTask | None]:
         """(ratio of the sub-model sent, device-side pruning task) for a device that must end at ``ratio``.
@@ -139,7 +191,7 @@ class LoRAStrategy(Strategy):
         usable = [o for o in outcomes if o.usable]
         if usable:
             global_shapes = lora_target_shapes(self.ctx.global_model, self.ctx.lora_targets)
-            updates = []
+            updates, starts = [], []
             for outcome in usable:
                 _, index_map = self._round_plans[outcome.assignment.base_ratio]
                 full = lora_to_global(outcome.factors, index_map, global_shapes)
@@ -151,13 +203,99 @@ class LoRAStrategy(Strategy):
                         outcome.client_id,
                     )
                 )
+                starts.append(lora_to_global(outcome.assignment.factors, index_map, global_shapes))
+            if self.ctx.config.method.normalise_steps:
+                steps = [o.assignment.steps(self.ctx.config.training.local_steps) for o in usable]
+                updates = normalise_steps(updates, starts, steps, self.aggregator)
             self.factors = self.aggregator.aggregate(updates, self.global_rank, previous=self.factors)
             self.head = average_states([o.head for o in usable], [o.num_samples for o in usable])
             self._track_device_importance(usable)
         metrics = self.after_aggregation(rnd, outcomes)
+        if self.ctx.config.rounds.time_model:
+            self._observe_round(outcomes)
+            metrics["time_budget_s"] = self.policy.budget
         if self.prune_global:
             metrics["pruned_this_round"] = float(self.global_prune_step(rnd))
         return metrics
+
+    def _observe_round(self, outcomes: Sequence[ClientOutcome]) -> None:
+        """Fold each finished device's measured phases into its learned speeds (``rounds.time_model``)."""
+        for outcome in outcomes:
+            work = self._round_work.get(outcome.client_id)
+            metrics = outcome.metrics
+            if work is None or not math.isfinite(metrics.sim_compute_s):
+                continue
+            measured = ArmWork(work.compute, float(metrics.bytes_down), float(metrics.bytes_up))
+            self.policy.observe(
+                outcome.client_id,
+                measured,
+                metrics.sim_compute_s,
+                metrics.sim_download_s,
+                metrics.sim_upload_s,
+            )
+
+    # ------------------------------------------------------------------ what an option asks of a device
+    def predicted_time(self, client_id: int, ratio: float, rank: int) -> float:
+        """Predicted seconds of ``client_id``'s round at (ratio, rank); ``nan`` for an unobserved device."""
+        return self.policy.predict(client_id, self.arm_work(client_id, ratio, rank))
+
+    def arm_work(self, client_id: int, ratio: float, rank: int) -> ArmWork:
+        """Compute and bytes (ratio, rank) asks of this device now, from the sub-model's units and what it holds.
+
+        Compute is the sub-model's Linear parameters (training FLOPs per token are proportional). Down:
+        the units the device lacks, or the whole sub-model if it holds none, plus adapters and head; up:
+        adapters and head. Merges of earlier global prunes are low-rank and left out.
+        """
+        held_key = self.ctx.held_base(client_id)
+        cache_key = (held_key, ratio)
+        if cache_key not in self._base_work:
+            self._base_work[cache_key] = self._base_cost(held_key, self._device_side_split(ratio)[0])
+        compute, base_bytes = self._base_work[cache_key]
+        costs = self._unit_costs()
+        adapters = adapter_bytes(costs["target_shapes"], rank, costs["element_bytes"]) + costs["head_bytes"]
+        return ArmWork(compute=compute, bytes_down=base_bytes + adapters, bytes_up=float(adapters))
+
+    def _base_cost(self, held_key: Hashable | None, ratio: float) -> tuple[float, float]:
+        """(compute, base bytes down) of the sub-model at ``ratio`` for a device holding ``held_key``."""
+        self._submodel(ratio)
+        plan = self._issued[(self.version, ratio)]
+        costs = self._unit_costs()
+        units = costs["units"]
+        per_unit = {"attention": units.params_per_attention_unit, "mlp": units.params_per_channel}
+        current = {"attention": units.attention_units, "mlp": units.mlp_channels}
+        removed = sum(
+            (current[kind][layer] - len(getattr(plan, kind)[layer])) * per_unit[kind][layer]
+            for layer in plan.layers
+            for kind in per_unit
+        )
+        held = self._issued.get(held_key) if held_key is not None else None  # type: ignore[arg-type]
+        if held is None:
+            base_params = costs["params"] - removed
+        else:
+            base_params = sum(
+                len(set(getattr(plan, kind)[layer]) - set(getattr(held, kind).get(layer, ())))
+                * per_unit[kind][layer]
+                for layer in plan.layers
+                for kind in per_unit
+            )
+        return float(costs["linear_params"] - removed), float(base_params * costs["element_bytes"])
+
+    def _unit_costs(self) -> dict[str, Any]:
+        """Unit counts and sizes of the current global model, computed once per global version."""
+        if self._unit_costs_cache is None or self._unit_costs_cache[0] != self.version:
+            model = self.ctx.global_model
+            self._unit_costs_cache = (
+                self.version,
+                {
+                    "units": prunable_units(model),
+                    "params": count_parameters(model),
+                    "linear_params": linear_params(model),
+                    "element_bytes": next(model.parameters()).element_size(),
+                    "target_shapes": lora_target_shapes(model, self.ctx.lora_targets),
+                    "head_bytes": tensor_bytes(self.head),
+                },
+            )
+        return self._unit_costs_cache[1]
 
     def evaluation_model(self) -> nn.Module:
         model = copy.deepcopy(self.ctx.global_model)
