@@ -3,7 +3,8 @@
 A *variant* is what the comparison names a configuration (``fedit``, ``fedit_pruned``, ``fedspine``...):
 the sweep's variant name when the run came from a sweep with ``variants`` (trial.json), otherwise the
 method name (see :func:`analysis.tables.load_runs`). Seeds of one variant are its repeats; the same seed
-gives every variant the same data partition and devices, so speed-ups are paired by seed.
+gives every variant the same data partition and devices, so speed-ups and accuracy differences are paired by
+seed (:func:`speedup_table`, :func:`paired_table`).
 
 Everything here is plain pandas over the tables of :func:`analysis.tables.load_runs`, so the report,
 tests and notebooks share one definition of each number.
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis.stats import Interval, log_ratio_interval, mean_interval
+from analysis.stats import Interval, log_ratio_interval, mean_interval, paired_test
 
 #: Per-client simulated time terms in clients.parquet (download + compute + upload = sim_time_s).
 BREAKDOWN_TERMS = ("sim_download_s", "sim_compute_s", "sim_upload_s", "sim_idle_s")
@@ -234,6 +235,60 @@ def accuracy_table(
     return pd.DataFrame(rows)
 
 
+#: Per-run columns the paired table compares by default: accuracy after the last round and at equal time.
+PAIRED_COLUMNS = ("final_accuracy", "accuracy_at_horizon")
+
+
+def paired_table(
+    summary: pd.DataFrame,
+    baseline: str,
+    columns: Sequence[str] = PAIRED_COLUMNS,
+    confidence: float = 0.95,
+    order: Sequence[str] = (),
+) -> pd.DataFrame:
+    """Each variant against ``baseline``, paired by seed: the mean per-seed difference (variant - baseline) of
+    each of ``columns`` with its t interval, and the paired t-test (``scipy.stats.ttest_rel``).
+
+    The same seed is the same data partition, devices and conditions for both, so the differences cancel the
+    spread the two share (:mod:`analysis.stats`). Seeds only one of them ran, and runs where either value is
+    NaN (ended before the horizon), are left out; ``pairs`` says how many remain. Runs of a variant that share
+    a seed are averaged first. ``verdict``: ``higher`` / ``lower`` when the interval excludes 0.
+    """
+    if baseline not in set(summary["variant"]):
+        raise ValueError(
+            f"paired_table: no run of baseline {baseline!r}; variants: {sorted(set(summary['variant']))}"
+        )
+    present = [c for c in columns if c in summary]
+    by_seed = summary.groupby(["variant", "seed"])[present].mean()
+    base = by_seed.loc[baseline]
+    rows = []
+    for variant in variant_order(summary, order):
+        if variant == baseline:
+            continue
+        frame = by_seed.loc[variant]
+        seeds = sorted(set(frame.index) & set(base.index))
+        for column in present:
+            test = paired_test(
+                [frame.at[s, column] for s in seeds], [base.at[s, column] for s in seeds], confidence
+            )
+            rows.append(
+                {
+                    "variant": variant,
+                    "baseline": baseline,
+                    "column": column,
+                    "pairs": test.n,
+                    "mean_difference": test.difference.mean,
+                    "ci_low": test.difference.low,
+                    "ci_high": test.difference.high,
+                    "t": test.statistic,
+                    "p_value": test.p_value,
+                    "verdict": test.verdict,
+                }
+            )
+    names = ["variant", "baseline", "column", "pairs", "mean_difference", "ci_low", "ci_high", "t", "p_value"]
+    return pd.DataFrame(rows, columns=[*names, "verdict"])
+
+
 def seed_spread(summary: pd.DataFrame, targets: Sequence[float], order: Sequence[str] = ()) -> pd.DataFrame:
     """How far apart the seeds of each variant are: min, max and std of final accuracy and time to targets."""
     rows = []
@@ -305,9 +360,11 @@ def breakdown_by_variant(
 __all__ = [
     "BREAKDOWN_TERMS",
     "DEFAULT_TARGET_FRACTIONS",
+    "PAIRED_COLUMNS",
     "accuracy_table",
     "breakdown_by_variant",
     "default_targets",
+    "paired_table",
     "round_breakdown",
     "run_summary",
     "seed_spread",

@@ -1,17 +1,20 @@
-"""Report over run directories: seed-aggregated comparison tables, plots, and a machine-readable summary.
+"""Report over run directories: seed-aggregated comparison tables, paired tests, plots, a machine-readable summary.
 
-python -m analysis.report "sweeps/paper_comparison/runs/*" --baseline fedit --baseline hetlora \
+fedspine report "sweeps/paper_comparison/runs/*" --baseline fedit --baseline hetlora \
     --out benchmarks/results/paper_comparison
-python -m analysis.report runs/fedit runs/fedspine --target 0.6 --target 0.62 --out reports/cmp
+fedspine report runs/fedit runs/fedspine --target 0.6 --target 0.62 --out reports/cmp
 
-Runs are grouped by variant (sweep variant name, else the method) and repeated over seeds; every number
-is a mean with its Student-t interval over seeds. With --out, the directory gets report.md, summary.json
-and summary.parquet (one row per run: variant x seed) and the PNG plots.
+(``python -m analysis.report ...`` is the same command.) Runs are grouped by variant (sweep variant name,
+else the method) and repeated over seeds; every number is a mean with its Student-t interval over seeds,
+and each variant is compared with each baseline paired by seed (mean difference, paired t-test). With --out,
+the directory gets report.md, summary.json and summary.parquet (one row per run: variant x seed) and the PNG
+plots, which need matplotlib: ``pip install "fedspine-ray[plots]"`` (or pass --no-plots).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import sys
@@ -30,10 +33,12 @@ SUMMARY_PARQUET = "summary.parquet"
 REPORT_FILE = "report.md"
 #: Focus of the comparison: the variant whose speed-ups and accuracy the notes single out.
 DEFAULT_FOCUS = "fedspine"
+#: How plots are installed: matplotlib is an optional extra of fedspine-ray.
+PLOTS_EXTRA = 'pip install "fedspine-ray[plots]"'
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "python -m analysis.report") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run directories (or glob patterns) holding rounds.parquet")
     parser.add_argument(
         "--target",
@@ -78,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         "usage show only runs given with their tables",
     )
     parser.add_argument("--out", default=None, help="directory for report.md, summary.json/.parquet and PNGs")
+    parser.add_argument(
+        "--no-plots",
+        action="store_true",
+        help=f"with --out, write the tables but no PNGs (plots need matplotlib: {PLOTS_EXTRA})",
+    )
     return parser
 
 
@@ -200,6 +210,14 @@ def build_report(
         )
         for one in focuses:
             report.notes.extend(_speed_notes(speed, one))
+    for baseline in baselines:
+        paired = comparison.paired_table(summary, baseline, confidence=confidence, order=order)
+        report.sections[
+            f"Accuracy vs {baseline}, paired by seed: mean difference (variant - {baseline}) [{level} CI], "
+            "paired t-test p"
+        ] = _paired_view(paired, horizon)
+        for one in focuses:
+            report.notes.extend(_paired_notes(paired, one, horizon))
     acc = comparison.accuracy_table(summary, confidence, order)
     report.sections[f"Accuracy at equal sparsity: mean [{level} CI] over seeds"] = _accuracy_view(acc)
     for one in focuses:
@@ -295,6 +313,38 @@ def _speed_notes(speed: pd.DataFrame, focus: str) -> list[str]:
     ]
 
 
+def _paired_label(column: str, horizon: float) -> str:
+    return f"accuracy at {horizon:.4g} s" if column == "accuracy_at_horizon" else column.replace("_", " ")
+
+
+def _paired_cell(r: Any) -> str:
+    if not r.pairs:
+        return "n/a (no seed both ran)"
+    if r.pairs < 2:
+        return f"{r.mean_difference:+.3g} (1 pair)"
+    return (
+        f"{r.mean_difference:+.3g} [{r.ci_low:+.3g}, {r.ci_high:+.3g}] p={r.p_value:.2g} "
+        f"{r.verdict} ({r.pairs} pairs)"
+    )
+
+
+def _paired_view(paired: pd.DataFrame, horizon: float) -> pd.DataFrame:
+    """One row per variant, one column per compared accuracy, each ``+diff [low, high] p=.. verdict (n pairs)``."""
+    rows: dict[str, dict[str, str]] = {}
+    for r in paired.itertuples(index=False):
+        rows.setdefault(r.variant, {"variant": r.variant})[_paired_label(r.column, horizon)] = _paired_cell(r)
+    return pd.DataFrame(list(rows.values()))
+
+
+def _paired_notes(paired: pd.DataFrame, focus: str, horizon: float) -> list[str]:
+    """The focus variant's paired differences from the baseline, where at least two seeds pair up."""
+    mine = paired[(paired["variant"] == focus) & (paired["pairs"] >= 2)]
+    return [
+        f"{_paired_label(r.column, horizon)} {focus} - {r.baseline} paired by seed: {_paired_cell(r)}."
+        for r in mine.itertuples(index=False)
+    ]
+
+
 def _horizon_view(acc: pd.DataFrame) -> pd.DataFrame:
     view = _interval_view(acc, (("sparsity_at_horizon", "sparsity"), ("accuracy_at_horizon", "accuracy")))
     return view.assign(seeds=acc["seeds_at_horizon"])  # seeds whose run lasted until the horizon
@@ -377,13 +427,22 @@ def _host_failure_notes(clients: pd.DataFrame) -> list[str]:
     ]
 
 
-def write_outputs(report: Report, rounds: pd.DataFrame, clients: pd.DataFrame, out: Path) -> list[Path]:
-    """report.md, summary.json, summary.parquet and the plots, all in ``out``."""
-    from analysis import plots  # matplotlib only when plots are wanted
+def plots_available() -> bool:
+    """Whether matplotlib (the ``plots`` extra) is installed."""
+    return importlib.util.find_spec("matplotlib") is not None
 
+
+def write_outputs(
+    report: Report, rounds: pd.DataFrame, clients: pd.DataFrame, out: Path, plots: bool = True
+) -> list[Path]:
+    """report.md, summary.json, summary.parquet and (``plots``) the PNG plots, all in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    pngs = plots.save_comparison(rounds, clients, report.breakdown, out, report.targets)
-    pngs.append(plots.plot_accuracy_vs_time(rounds, out / "accuracy_vs_sim_time.png"))
+    pngs: list[Path] = []
+    if plots:
+        from analysis import plots as drawing  # matplotlib only when plots are wanted
+
+        pngs = drawing.save_comparison(rounds, clients, report.breakdown, out, report.targets)
+        pngs.append(drawing.plot_accuracy_vs_time(rounds, out / "accuracy_vs_sim_time.png"))
     report.summary.to_parquet(out / SUMMARY_PARQUET, index=False)
     # The runs' own rows, so the report can be rebuilt or extended (tables.load_runs reads this directory).
     rounds.to_parquet(out / tables.ARCHIVED_ROUNDS_FILE, index=False)
@@ -411,7 +470,8 @@ def render_markdown(report: Report, images: Sequence[str]) -> str:
         lines += ["", "## Findings", "", *(f"- {note}" for note in report.notes)]
     for title, frame in report.sections.items():
         lines += ["", f"## {title}", "", tables.to_markdown(frame)]
-    lines += ["", "## Plots", "", *(f"![{Path(name).stem}]({name})" for name in images)]
+    if images:
+        lines += ["", "## Plots", "", *(f"![{Path(name).stem}]({name})" for name in images)]
     return "\n".join(lines) + "\n"
 
 
@@ -430,12 +490,21 @@ def _majority_notes(summary: pd.DataFrame, targets: Sequence[float]) -> list[str
     return notes
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python -m analysis.report") -> int:
+    """Print the report; with ``--out`` also write its files. Exit 2 (one line on stderr) on bad input."""
+    args = build_parser(prog).parse_args(argv)
+    name = prog.removeprefix("python -m ")
+    if args.out and not args.no_plots and not plots_available():
+        print(
+            f"{name}: --out draws plots with matplotlib, which is not installed; fix: {PLOTS_EXTRA} "
+            "(or pass --no-plots)",
+            file=sys.stderr,
+        )
+        return 2
     try:
         rounds, clients = tables.load_runs(args.runs)
     except FileNotFoundError as exc:
-        print(f"analysis.report: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 2
     short: list[str] = []
     if not args.keep_short_runs:
@@ -453,7 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prior,
         )
     except (ValueError, FileNotFoundError) as exc:
-        print(f"analysis.report: {exc}", file=sys.stderr)
+        print(f"{name}: {exc}", file=sys.stderr)
         return 2
     if short:
         report.notes.insert(
@@ -466,7 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\n== {title} ==\n{frame.to_string(index=False)}")
     if args.out:
         out = Path(args.out)
-        pngs = write_outputs(report, rounds, clients, out)
+        pngs = write_outputs(report, rounds, clients, out, plots=not args.no_plots)
         print(f"\nreport: {out / REPORT_FILE} ({len(pngs)} plots, {SUMMARY_JSON}, {SUMMARY_PARQUET})")
     return 0
 

@@ -1,7 +1,11 @@
-"""Confidence intervals over seeds: Student t, written out so analysis/ needs no SciPy.
+"""Confidence intervals and paired tests over seeds, from :mod:`scipy.stats`.
 
-Comparisons are made over a handful of seeds (3 to 5), where a normal interval would be far too narrow;
-the t quantile is computed from the regularised incomplete beta function (Numerical Recipes, 6.4).
+Comparisons are made over a handful of seeds (3 to 5), where a normal interval would be far too narrow, so
+every interval is Student t. The same seed gives every variant the same data partition, device classes and
+per-round device conditions, so two variants are best compared *paired by seed*: the per-seed differences'
+mean with its t interval, and the paired t-test (:func:`scipy.stats.ttest_rel`) of whether that mean is 0.
+Pairing removes the seed-to-seed spread both variants share, so a difference the two unpaired intervals
+leave overlapping can still be resolved (and one they show apart is confirmed only if the pairs agree).
 """
 
 from __future__ import annotations
@@ -10,71 +14,23 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-__all__ = ["Interval", "log_ratio_interval", "mean_interval", "student_t_quantile"]
+from scipy import stats as _scipy_stats
 
-
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def _incomplete_beta(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta ``I_x(a, b)``."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _betacf(a, b, x) / a
-    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
-
-
-def _t_cdf(t: float, df: float) -> float:
-    tail = 0.5 * _incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t >= 0 else tail
+__all__ = [
+    "Interval",
+    "PairedTest",
+    "log_ratio_interval",
+    "mean_interval",
+    "paired_test",
+    "student_t_quantile",
+]
 
 
 def student_t_quantile(p: float, df: float) -> float:
-    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on the CDF)."""
-    if not 0.0 < p < 1.0 or not df > 0:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (``scipy.stats.t.ppf``)."""
+    if not 0.0 < p < 1.0 or df <= 0:
         raise ValueError(f"student_t_quantile: need 0 < p < 1 and df > 0, got p={p}, df={df}")
-    if p < 0.5:
-        return -student_t_quantile(1.0 - p, df)
-    low, high = 0.0, 1.0
-    while _t_cdf(high, df) < p:
-        high *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (low + high)
-        if _t_cdf(mid, df) < p:
-            low = mid
-        else:
-            high = mid
-        if high - low < 1e-12 * max(1.0, high):
-            break
-    return 0.5 * (low + high)
+    return float(_scipy_stats.t.ppf(p, df))
 
 
 @dataclass(frozen=True)
@@ -132,6 +88,56 @@ def log_ratio_interval(
     low = math.exp(inner.low) if inner.n > 1 else math.nan
     high = math.exp(inner.high) if inner.n > 1 else math.nan
     return Interval(math.exp(inner.mean), low, high, inner.n, inner.std)
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Paired comparison of two variants over seeds: ``difference`` is the mean of the per-seed differences
+    ``a - b`` with its t interval (``n`` pairs), ``statistic`` / ``p_value`` the paired t-test's."""
+
+    difference: Interval
+    statistic: float
+    p_value: float
+
+    @property
+    def n(self) -> int:
+        return self.difference.n
+
+    @property
+    def verdict(self) -> str:
+        """``higher`` / ``lower`` when the interval of the difference excludes 0 (equivalently the two-sided
+        p-value is below 1 - confidence), else ``not resolved`` (also with fewer than two pairs)."""
+        low, high = self.difference.low, self.difference.high
+        if self.n < 2 or math.isnan(low):
+            return "not resolved"
+        if low > 0:
+            return "higher"
+        if high < 0:
+            return "lower"
+        return "not resolved"
+
+
+def paired_test(a: Iterable[float], b: Iterable[float], confidence: float = 0.95) -> PairedTest:
+    """Paired t-test of ``a`` against ``b`` (``scipy.stats.ttest_rel``) and the t interval of ``a - b``.
+
+    ``a[i]`` and ``b[i]`` are the two variants' values at the same seed; pairs where either is NaN (a run
+    that never reached a target) are dropped. With identical differences (no spread) the statistic is 0
+    (p = 1) when they are all 0, else infinite with p = 0; with fewer than two pairs both are NaN.
+    """
+    pairs = [
+        (float(x), float(y))
+        for x, y in zip(a, b, strict=True)
+        if x is not None and y is not None and math.isfinite(float(x)) and math.isfinite(float(y))
+    ]
+    difference = mean_interval([x - y for x, y in pairs], confidence)
+    if difference.n < 2:
+        return PairedTest(difference, math.nan, math.nan)
+    if difference.std == 0:
+        if difference.mean == 0:
+            return PairedTest(difference, 0.0, 1.0)
+        return PairedTest(difference, math.copysign(math.inf, difference.mean), 0.0)
+    result = _scipy_stats.ttest_rel([x for x, _ in pairs], [y for _, y in pairs])
+    return PairedTest(difference, float(result.statistic), float(result.pvalue))
 
 
 def _positive(value: float | None) -> bool:

@@ -34,7 +34,12 @@ Scenarios (--scenario, repeatable; --placement overrides clients.placement for a
 * ``default``: the shipped default config (FedIT, 8 clients, 6 rounds);
 * ``fedspine16``: the shipped fedspine.yaml (16 clients);
 * ``testbed80``: the shipped testbed80.yaml (80 Jetsons);
-* ``fedit1000``: the default config with 1,000 clients (IID, 20 000 training samples), 20 per round.
+* ``fedit1000``: the default config with 1,000 clients (IID, 20 000 training samples), 20 per round;
+* ``fedit10000``: the default config with 10,000 virtual clients (IID over 20,000 samples, 2 each), 1 % (100)
+  sampled per round, 2 rounds of 2 local steps: the population a pool worker serves without building it;
+* ``fedit100``: the same data and per-round work with 100 clients, all sampled every round. Run with
+  ``fedit10000`` (``--scenario fedit10000 --scenario fedit100``), the two give the **memory per idle virtual
+  client**: (peak PSS with 10,000 clients - peak PSS with 100) / 9,900, the last JSON line.
 
 Usage: python benchmarks/bench_scale.py --scenario testbed80 [--placement pooled|dedicated|auto]
        [--rounds N] [--set KEY=VALUE ...] [--interval S] [--out-dir DIR] [--json-out FILE]
@@ -73,7 +78,32 @@ SCENARIOS: dict[str, tuple[str, dict[str, Any]]] = {
             "training.rounds": 3,
         },
     ),
+    "fedit10000": (
+        "default.yaml",
+        {
+            "clients.num_clients": 10_000,
+            "clients.fraction_per_round": 0.01,
+            "partition.kind": "iid",
+            "partition.min_samples_per_client": 2,
+            "data.max_train_samples": 20_000,
+            "training.rounds": 2,
+            "training.local_steps": 2,
+        },
+    ),
+    "fedit100": (
+        "default.yaml",
+        {
+            "clients.num_clients": 100,
+            "partition.kind": "iid",
+            "partition.min_samples_per_client": 2,
+            "data.max_train_samples": 20_000,
+            "training.rounds": 2,
+            "training.local_steps": 2,
+        },
+    ),
 }
+#: Scenarios whose peak PSS difference, per extra client, is the memory of one idle virtual client.
+IDLE_CLIENT_PAIR = ("fedit10000", "fedit100")
 BREAKDOWN = (
     "server_configure_s",
     "dispatch_s",
@@ -305,6 +335,24 @@ def run_scenario(config: ExperimentConfig, interval: float) -> dict[str, Any]:
     }
 
 
+def idle_client_memory(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Memory per idle virtual client from the :data:`IDLE_CLIENT_PAIR` runs (None unless both ran with the
+    sampler on): the peak session PSS difference over the difference in clients, the per-round work equal."""
+    by_name = {r["scenario"]: r for r in results if "peak_pss_gib" in r}
+    many, few = (by_name.get(name) for name in IDLE_CLIENT_PAIR)
+    if many is None or few is None:
+        return None
+    extra = many["num_clients"] - few["num_clients"]
+    delta = (many["peak_pss_gib"] - few["peak_pss_gib"]) * GIB
+    return {
+        "scenario": "idle_virtual_client",
+        "clients": [many["num_clients"], few["num_clients"]],
+        "peak_pss_gib": [many["peak_pss_gib"], few["peak_pss_gib"]],
+        "kib_per_idle_client": delta / extra / 1024,
+        "under_6_gib": many["peak_pss_gib"] < 6.0,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenario", action="append", choices=sorted(SCENARIOS), required=True)
@@ -330,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         result = {"scenario": name, **run_scenario(config, args.interval)}
         results.append(result)
         print(json.dumps(result), flush=True)
+    idle = idle_client_memory(results)
+    if idle is not None:
+        results.append(idle)
+        print(json.dumps(idle), flush=True)
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(results, indent=2))

@@ -48,7 +48,8 @@ def main() -> int:
     args = parser.parse_args()
     out = Path(args.out_dir)
     sets = [x for o in [*args.overrides, "runtime.checkpoint_every=1"] for x in ("--set", o)]
-    cli = [sys.executable, "-m", "fedspine_ray.cli", "run", "--quiet"]
+    # --overwrite: a rerun into the same --out-dir replaces the earlier runs (fedspine run refuses otherwise)
+    cli = [sys.executable, "-m", "fedspine_ray.cli", "run", "--quiet", "--overwrite"]
     config = [args.config] if args.config else []
     env = {**os.environ, "RAY_ADDRESS": ""}
 

@@ -1,4 +1,4 @@
-"""``fedspine`` command line: ``run``, ``show-config`` and ``sweep``.
+"""``fedspine`` command line: ``run``, ``show-config``, ``sweep`` and ``report``.
 
 Every command parses and validates its input before Ray is imported: a bad config, data file or model is
 one ``fedspine: config error: <field>: <problem>; fix: ...`` line and exit code 2, in about a second.
@@ -34,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="continue a killed run from RUN_DIR/checkpoint.pt (written with runtime.checkpoint_every)",
     )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results of an earlier run in the output directory (refused without it)",
+    )
     show = commands.add_parser("show-config", help="print the validated config (defaults filled in)")
     show.add_argument("config", nargs="?")
     add_override_argument(show, "override a config field (repeatable)")
@@ -55,10 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue an interrupted sweep (Tuner.restore): finished trials are not run again",
     )
+    # Its options belong to the analysis package (analysis/report.py), imported only when the command runs;
+    # `fedspine report --help` lists them.
+    commands.add_parser(
+        "report",
+        add_help=False,
+        help="compare run directories over seeds: tables, paired tests, plots (fedspine report --help)",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["report"]:
+        return _report(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     command: Callable[[argparse.Namespace], int] = {
@@ -89,6 +104,9 @@ def _run(args: argparse.Namespace) -> int:
         config = resume_config(args.resume, args.config, overrides)
     else:
         config = load_config(args.config, overrides)
+        from fedspine_ray.launch.preflight import check_run_dir
+
+        check_run_dir(config.resolved_output_dir(), overwrite=args.overwrite)
     from fedspine_ray.runner import run_experiment  # checks the inputs, then imports Ray
 
     result = run_experiment(config, address=args.address, quiet=args.quiet, resume=bool(args.resume))
@@ -102,22 +120,29 @@ def _run(args: argparse.Namespace) -> int:
 
 def _sweep(args: argparse.Namespace) -> int:
     """``fedspine sweep``: exit 2 on a config error (before Ray starts), 1 if any trial failed."""
-    from fedspine_ray.launch.sweep_spec import TRIALS_FILE, load_sweep, select_variants, with_storage
+    from fedspine_ray.launch.sweep_spec import load_sweep, select_variants, with_storage
 
     spec = load_sweep(args.sweep_file, parse_overrides(args.overrides))
     if args.storage_path:
         spec = with_storage(spec, args.storage_path)
     if args.variants:
         spec = select_variants(spec, [v.strip() for v in args.variants.split(",") if v.strip()])
-    from fedspine_ray.launch.tune import check_resumable, run_sweep
+    from fedspine_ray.launch.tune import check_resumable, run_sweep, trials_location
 
     if args.resume:
         check_resumable(spec)
     table = run_sweep(spec, address=args.address, quiet=args.quiet, resume=args.resume)
-    shown = ["trial_id", *spec.param_keys, "status", "test_accuracy", f"best_{spec.metric}", "sim_time_s"]
-    print(table[[c for c in shown if c in table]].to_string(index=False))
-    print(f"trials table: {spec.sweep_dir / TRIALS_FILE}")
+    shown = ["trial_id", *spec.param_keys, "status", "stopped_early", "test_accuracy", f"best_{spec.metric}"]
+    print(table[[c for c in [*shown, "sim_time_s"] if c in table]].to_string(index=False))
+    print(f"trials table: {trials_location(spec)}")
     return 1 if (table["status"] != "ok").any() else 0
+
+
+def _report(argv: list[str]) -> int:
+    """``fedspine report RUN_DIR...``: the installed ``analysis`` package's report (``python -m analysis.report``)."""
+    from analysis.report import main as report_main
+
+    return report_main(argv, prog="fedspine report")
 
 
 if __name__ == "__main__":

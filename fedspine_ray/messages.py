@@ -40,8 +40,9 @@ __all__ = [
     "tensor_bytes",
 ]
 
-#: Statuses of a client's round, as clients.parquet records them (docs/results.md).
-Status = Literal["ok", "straggler", "oom", "rejected", "actor_died"]
+#: Statuses of a client's round, as clients.parquet records them (docs/results.md). ``unplaceable``: selected,
+#: but no live node of the cluster can host its process (its node was lost); not sent, not given to the strategy.
+Status = Literal["ok", "straggler", "oom", "rejected", "actor_died", "unplaceable"]
 
 
 def tensor_bytes(tree: object) -> int:
@@ -107,6 +108,10 @@ class ClientAssignment:
     #: Optimiser steps this round (None: ``training.local_steps``); raised by ``rounds.fill`` for devices
     #: that would otherwise wait on the round's slowest device.
     local_steps: int | None = None
+    #: The exact (full) names of the Linears this client trains adapters on, None: every LoRA target. A client
+    #: with a subset (LEGEND's top-k blocks, strategies/legend.py) gets and returns ``factors`` for these only;
+    #: their ranks may differ per module (``factors``' shapes say them).
+    lora_modules: list[str] | None = None
 
     def steps(self, default: int) -> int:
         """Optimiser steps this round: ``local_steps``, else ``default`` (``training.local_steps``)."""
@@ -160,6 +165,12 @@ class FitResult:
     train_cpu_s: float = 0.0
     #: what device-side pruning removed and its unit scores (None when the task asked for none)
     local_pruning: LocalPruningResult | None = None
+    #: the Ray node the client ran on ("" outside Ray)
+    node_id: str = ""
+    #: ``cpu`` or ``cuda``: where it trained
+    accelerator: str = "cpu"
+    #: peak GPU memory torch allocated in the client's process during the fit (0 on CPUs)
+    gpu_memory_peak_bytes: int = 0
 
 
 @dataclass
@@ -191,6 +202,12 @@ class ClientMetrics:
     reward: float = math.nan
     #: the bandit reward's terms (FedSpine's multi-term reward), for analysis
     reward_terms: dict[str, float] = field(default_factory=dict)
+    #: the Ray node of the client's process: where it ran, or (lost, never sent) where it was placed
+    node_id: str = ""
+    #: ``cpu`` / ``cuda`` where the client trained ("" when it did not reply)
+    accelerator: str = ""
+    #: peak GPU memory of the client's process during its fit (0 on CPUs)
+    gpu_memory_peak_bytes: int = 0
 
     @property
     def sim_transfer_s(self) -> float:
@@ -220,7 +237,7 @@ class ClientOutcome:
     #: False: the task did not fit the device's memory this round and was not sent
     fits_memory: bool = True
     #: the reply's failure: its process died, or its update was malformed
-    failure: Literal["actor_died", "rejected"] | None = None
+    failure: Literal["actor_died", "rejected", "unplaceable"] | None = None
     #: why an update was rejected (the validation message)
     error: str | None = None
     #: finished after the round's deadline (``rounds.end: deadline``)

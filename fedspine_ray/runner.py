@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 
 from fedspine_ray.config import ExperimentConfig
 from fedspine_ray.launch.checkpoint_files import checkpoint_bytes, write_checkpoint_file
-from fedspine_ray.launch.preflight import check_inputs
-from fedspine_ray.launch.ray_session import ensure_ray, local_custom_resources
+from fedspine_ray.launch.preflight import check_gpus, check_inputs, gpu_request
+from fedspine_ray.launch.ray_session import ensure_ray, local_custom_resources, server_placement
 from fedspine_ray.launch.results import ResultsWriter
 
 log = logging.getLogger("fedspine_ray")
@@ -52,20 +52,18 @@ def run_experiment(
     output_dir = config.resolved_output_dir()
     checkpoint = checkpoint_bytes(output_dir) if resume else None  # fails before Ray starts without one
     check_inputs(config)  # the one pre-flight check: missing files / unknown sources fail before a Ray start
+    check_gpus(config, address)  # GPUs asked of an embedded Ray on a machine without any
     import ray  # only once the inputs are known good
 
     from fedspine_ray.runtime.remote import RemoteServer
 
-    started = ensure_ray(address, local_custom_resources([config.devices]), quiet)
+    started = ensure_ray(address, local_custom_resources([config.devices]), quiet, gpu_request(config))
     every = config.runtime.checkpoint_every
     # A resumed run's writer starts once the checkpoint's round is known (it keeps the rows up to it).
     writer = None if resume else ResultsWriter(output_dir, config)
     budget_rounds = config.training.sim_time_budget_fedit_rounds  # resolved into max_sim_time_s at set-up
-    server_options = {
-        "num_cpus": 0,
-        "num_gpus": config.server.num_gpus,
-        "max_restarts": 0,
-    }  # GPUs: ZeRO server
+    # GPUs (a one-rank ZeRO server) and the node: the head, which a cluster keeps, unless it needs a GPU
+    server_options = {"num_cpus": 0, "max_restarts": 0, **server_placement(config.server)}
     server = ray.remote(RemoteServer).options(**server_options).remote(config)
     wall_start = time.perf_counter()
     try:

@@ -483,3 +483,87 @@ def test_several_focus_variants_each_get_their_notes(seeded_runs):
     assert any(n.startswith("hetlora_pruned vs fedit") for n in both.notes)
     assert any("final accuracy hetlora_pruned" in n for n in both.notes)
     assert set(one.notes) < set(both.notes)
+
+
+def test_student_t_quantiles_come_from_scipy():
+    from scipy import stats as scipy_stats
+
+    for p, df in ((0.975, 2), (0.9, 7), (0.025, 30)):
+        assert stats.student_t_quantile(p, df) == scipy_stats.t.ppf(p, df)
+    with pytest.raises(ValueError, match="0 < p < 1"):
+        stats.student_t_quantile(1.0, 3)
+
+
+def test_paired_test_hand_computed():
+    """Per-seed differences 0.05, 0.02, 0.03: mean 1/30, sd 0.015275, t = 3.7796 with 2 degrees of freedom."""
+    test = stats.paired_test([0.70, 0.72, 0.69], [0.65, 0.70, 0.66])
+    sd = math.sqrt(((0.05 - 1 / 30) ** 2 + (0.02 - 1 / 30) ** 2 + (0.03 - 1 / 30) ** 2) / 2)
+    assert test.n == 3 and test.difference.mean == pytest.approx(1 / 30)
+    assert test.difference.std == pytest.approx(sd)
+    assert test.statistic == pytest.approx((1 / 30) / (sd / math.sqrt(3)))
+    assert test.p_value == pytest.approx(0.0634, abs=5e-4)  # t table, df 2
+    half = 4.302653 * sd / math.sqrt(3)
+    assert (test.difference.low, test.difference.high) == (
+        pytest.approx(1 / 30 - half, abs=1e-6),
+        pytest.approx(1 / 30 + half, abs=1e-6),
+    )
+    assert test.verdict == "not resolved"  # p > 0.05: the interval holds 0
+    clear = stats.paired_test([0.70, 0.72, 0.69, 0.71], [0.60, 0.63, 0.58, 0.62])
+    assert clear.verdict == "higher" and clear.p_value < 0.01
+    assert stats.paired_test([0.6, 0.6], [0.7, 0.7]).verdict == "lower"  # no spread, all lower: p = 0
+    same = stats.paired_test([0.6, 0.7], [0.6, 0.7])
+    assert (same.statistic, same.p_value, same.verdict) == (0.0, 1.0, "not resolved")
+    one = stats.paired_test([0.7, math.nan], [0.6, 0.5])  # NaN pairs are dropped: one pair left
+    assert one.n == 1 and math.isnan(one.p_value) and one.verdict == "not resolved"
+
+
+def test_paired_table_compares_each_variant_with_the_baseline_seed_by_seed(seeded_runs):
+    from scipy import stats as scipy_stats
+
+    rounds, clients = tables.load_runs(seeded_runs / "trial-*")
+    summary = comparison.run_summary(rounds, clients, [0.6], horizon_s=comparison.common_horizon(rounds))
+    paired = comparison.paired_table(summary, "fedit").set_index("column")
+    final = paired.loc["final_accuracy"]  # fedspine 0.66, 0.63, 0.62 vs fedit 0.65, 0.64, 0.60
+    assert (final["variant"], final["pairs"]) == ("fedspine", 3)
+    assert final["mean_difference"] == pytest.approx((0.01 - 0.01 + 0.02) / 3)
+    expected = scipy_stats.ttest_rel([0.66, 0.63, 0.62], [0.65, 0.64, 0.60])
+    assert final["p_value"] == pytest.approx(expected.pvalue) and final["verdict"] == "not resolved"
+    at_horizon = paired.loc["accuracy_at_horizon"]  # at 18 s: fedspine 0.6, 0.63, 0.5 vs fedit 0.4, 0.5, 0.5
+    assert at_horizon["mean_difference"] == pytest.approx(0.11)
+    assert at_horizon["t"] == pytest.approx(
+        scipy_stats.ttest_rel([0.6, 0.63, 0.5], [0.4, 0.5, 0.5]).statistic
+    )
+    with pytest.raises(ValueError, match="baseline 'hetlora'"):
+        comparison.paired_table(summary, "hetlora")
+    built = report.build_report(rounds, clients, targets=[0.6])
+    title = next(t for t in built.sections if t.startswith("Accuracy vs fedit, paired by seed"))
+    cell = built.sections[title].set_index("variant").loc["fedspine", "final accuracy"]
+    assert cell.startswith("+0.00667 [") and "p=0.53 not resolved (3 pairs)" in cell
+    assert any(n.startswith("final accuracy fedspine - fedit paired by seed: +0.00667") for n in built.notes)
+
+
+def test_fedspine_report_is_a_subcommand_of_the_installed_cli(seeded_runs, tmp_path, capsys):
+    from fedspine_ray.cli import main
+
+    out = tmp_path / "cli-report"
+    assert main(["report", str(seeded_runs / "trial-*"), "--target", "0.6", "--out", str(out)]) == 0
+    assert "Accuracy vs fedit, paired by seed" in (out / "report.md").read_text()
+    assert (out / "accuracy_by_variant.png").is_file()
+    assert main(["report", str(tmp_path / "nothing-here")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedspine report: no run directories") and len(err.splitlines()) == 1
+
+
+def test_report_without_matplotlib_names_the_plots_extra(seeded_runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(report, "plots_available", lambda: False)
+    out = tmp_path / "no-mpl"
+    assert report.main([str(seeded_runs / "trial-*"), "--out", str(out)], prog="fedspine report") == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "fedspine report: --out draws plots with matplotlib, which is not installed; fix: pip install "
+        '"fedspine-ray[plots]" (or pass --no-plots)'
+    )
+    assert not out.exists()  # nothing computed or written before the check
+    assert report.main([str(seeded_runs / "trial-*"), "--out", str(out), "--no-plots"]) == 0
+    assert (out / "report.md").is_file() and (out / "summary.parquet").is_file()
+    assert not list(out.glob("*.png")) and "## Plots" not in (out / "report.md").read_text()

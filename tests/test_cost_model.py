@@ -229,3 +229,41 @@ def test_fill_budget_gives_early_devices_the_steps_that_fit_before_the_slowest_e
     # observing the filled round at the same speed leaves the speed estimate where it was
     time_model.observe(1, filled, *_phases(filled, fast_rate, fast_rate / 100, fast_rate / 100))
     assert time_model.rates(1)[0] == pytest.approx(speeds[1][0])
+
+
+def test_prefer_dense_gives_devices_that_keep_up_the_unpruned_arm_and_leaves_the_rest_to_the_bandit(
+    tiny_llama_dir,
+):
+    ctx, _ = make_context(
+        tiny_llama_dir,
+        method={"name": "fedspine"},
+        pruning={"target_sparsity": 0.0},
+        bandit={"pruning_ratios": [0.0, 0.3, 0.6], "ranks": [2, 4], "prefer_dense": True},
+        rounds={"time_slack": 0.0},
+    )
+    held: dict[int, tuple[int, float]] = {}
+    ctx.held_base = held.get
+    strategy = build_strategy("fedspine")
+    strategy.setup(ctx)
+    strategy.configure_round(1, [0, 1])
+    for cid, rate in ((0, 1e-5), (1, 1e-8)):  # client 0 a thousand times slower: it sets the budget
+        work = strategy.arm_work(cid, 0.6, 2)
+        strategy.policy.observe(cid, work, *_phases(work, rate, rate / 100, rate / 100))
+        held[cid] = (strategy.version, 0.6)
+    for rnd in range(2, 6):
+        assignments = strategy.configure_round(rnd, [0, 1])
+        assert (assignments[1].pruning_ratio, assignments[1].rank) == (
+            0.0,
+            4,
+        )  # keeps up: dense, largest rank
+        assert (assignments[0].pruning_ratio, assignments[0].rank) == (0.6, 2)  # the bandit's, within budget
+        for cid, a in assignments.items():
+            strategy.bandits.update(cid, Arm(a.pruning_ratio, a.rank, a.arm), 0.5)
+    # out of memory on the dense arm: from then on the device's bandit decides again
+    dense = dataclasses.replace(assignments[1])
+    strategy.after_aggregation(5, [ClientOutcome(1, dense, 30, fits_memory=False)])
+    assert strategy.dense_failed == {1}
+    played = {
+        (a.pruning_ratio, a.rank) for r in range(6, 12) for a in [strategy.configure_round(r, [0, 1])[1]]
+    }
+    assert played != {(0.0, 4)}

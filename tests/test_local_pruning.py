@@ -116,6 +116,75 @@ def test_scores_schedule_flops_and_zeroed_adapters(wrapped, importance):
         assert a_down[:, kept].abs().sum() > 0
 
 
+@pytest.fixture(scope="module")
+def phi3_dir(tmp_path_factory):
+    from fedspine_ray.modeling.loading import create_tiny_decoder
+
+    return create_tiny_decoder(tmp_path_factory.mktemp("tiny-phi3"), "phi3")
+
+
+@pytest.mark.parametrize("importance", ["activation", "lora_gradient"])
+def test_fused_projections_phi3_mask_score_and_zero_every_part(phi3_dir, importance):
+    """Phi-3 stores q, k, v in one ``qkv_proj`` and gate, up in one ``gate_up_proj``: a removed unit's adapter
+    rows are zeroed in every part, scores cover all of a unit's elements, and masking == removing."""
+    from fedspine_ray.modeling.loading import load_causal_lm
+    from fedspine_ray.pruning import layer_specs
+
+    base = load_causal_lm(phi3_dir)
+    model = attach_lora(copy.deepcopy(base), 4, 8, 0.0, lora_targets(base, "auto"), [])
+    torch.manual_seed(1)
+    load_factors(model, {k: (a, torch.randn_like(b) * 0.02) for k, (a, b) in extract_factors(model).items()})
+    task = LocalPruningTask(
+        remove={"attention": {0: 1, 1: 1}, "mlp": {0: 16, 1: 16}}, every=1, importance=importance
+    )
+    pruner = LocalPruner(model, task, local_steps=2)
+    ids = torch.randint(5, 500, (3, 12), generator=torch.Generator().manual_seed(0))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids}
+    model(**batch).loss.backward()
+    pruner.after_backward()
+    for kind in ("attention", "mlp"):
+        for scores in pruner.scores[kind].values():
+            assert torch.isfinite(scores).all() and (scores > 0).all()
+    pruner.end_of_step(1)
+    kept_masks = {kind: {i: m.clone() for i, m in layers.items()} for kind, layers in pruner.masks.items()}
+    model.eval()
+    with torch.no_grad():
+        masked_logits = model(**batch).logits
+    factors = extract_factors(model)
+    result = pruner.finish(factors)
+    assert result.removed == 2 + 32
+    specs = {s.index: s for s in layer_specs(base)}
+    for i, spec in specs.items():
+        removed_units = torch.nonzero(~kept_masks["attention"][i]).flatten()
+        removed_channels = torch.nonzero(~kept_masks["mlp"][i]).flatten()
+        qkv = next(s for s in spec.attention if s.name.endswith("qkv_proj"))
+        gate_up = next(s for s in spec.mlp if s.name.endswith("gate_up_proj"))
+        assert qkv.fused and gate_up.fused
+        _, b_qkv = factors[f"model.layers.{i}.self_attn.qkv_proj"]
+        _, b_gate_up = factors[f"model.layers.{i}.mlp.gate_up_proj"]
+        rows = qkv.indices(removed_units, spec.n_units)
+        assert len(rows) == len(removed_units) * qkv.width  # q rows, k rows and v rows of the unit
+        assert b_qkv[rows].abs().sum() == 0
+        other = torch.ones(b_qkv.shape[0], dtype=torch.bool)
+        other[rows] = False
+        assert b_qkv[other].abs().sum() > 0  # only the removed unit's rows, not a contiguous block
+        channel_rows = gate_up.indices(removed_channels, spec.n_channels)
+        assert len(channel_rows) == 2 * len(removed_channels)  # its gate row and its up row
+        assert b_gate_up[channel_rows].abs().sum() == 0
+    # the masked forward equals the physically pruned sub-model (merged adapters, surviving units)
+    merged = copy.deepcopy(model).merge_and_unload()
+    plan = PruningPlan(
+        attention={i: torch.nonzero(m).flatten().tolist() for i, m in kept_masks["attention"].items()},
+        mlp={i: torch.nonzero(m).flatten().tolist() for i, m in kept_masks["mlp"].items()},
+    )
+    plan.base_units = identity_plan(base).base_units
+    plan.base_channels = identity_plan(base).base_channels
+    with torch.no_grad():
+        torch.testing.assert_close(
+            extract_submodel(merged, plan).eval()(**batch).logits, masked_logits, rtol=1e-4, atol=1e-5
+        )
+
+
 def test_importance_tracker_normalises_weights_and_smooths():
     tracker = ImportanceTracker(smoothing=0.5)
     assert not tracker

@@ -128,8 +128,8 @@ def test_same_seed_same_pruned_global_model_and_metrics(tiny_llama_dir):
 def test_ray_run_with_deepspeed_server_matches_torch(
     ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
 ):
-    """A real federated FedSpine run through Ray actors: the server actor runs ZeRO-3, same per-round
-    metrics as the plain-torch server with the same seed.
+    """A real federated FedSpine run through Ray actors: the server actor runs ZeRO-3 (as the one rank, and
+    with two rank actors), same per-round metrics as the plain-torch server with the same seed.
 
     The clients get device profiles so round times come from the cost model: without them a round's
     simulated time is its measured wall time, the bandit's reward follows it, and two runs may pick
@@ -140,30 +140,72 @@ def test_ray_run_with_deepspeed_server_matches_torch(
     from .test_e2e_ray import tiny_config
 
     rounds = {}
-    for backend in ("torch", "deepspeed"):
+    for backend, ranks in (("torch", 1), ("deepspeed", 1), ("deepspeed", 2)):
+        name = f"{backend}{ranks}"
         config = tiny_config(
             tiny_llama_dir,
             tiny_text_csv,
-            tmp_path / backend,
+            tmp_path / name,
             clients={"num_clients": 2},
             training={"rounds": 2, "local_steps": 3},
             method={"name": "fedspine"},
             pruning={"target_sparsity": 0.5, "importance": "taylor", "end_fraction": 1.0},
             bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
             devices={"mix": {"slow_box": 0.5, "fast_box": 0.5}, "profiles_path": str(profiles_path)},
-            server={"backend": backend, "zero_stage": 3},
+            server={"backend": backend, "zero_stage": 3, "num_ranks": ranks},
         )
         run_experiment(config, progress=False)
-        rounds[backend] = read_run(tmp_path / backend)[0]
-    torch_rounds, ds_rounds = rounds["torch"], rounds["deepspeed"]
-    assert ds_rounds["sparsity"].iloc[-1] > 0  # the global model was pruned (Taylor scored under ZeRO-3)
-    for column in ("sparsity", "total_params", "test_accuracy"):
-        assert ds_rounds[column].tolist() == torch_rounds[column].tolist(), column
-    for column in ("test_loss", "train_loss"):
-        torch.testing.assert_close(
-            torch.tensor(ds_rounds[column].to_numpy()),
-            torch.tensor(torch_rounds[column].to_numpy()),
-            rtol=1e-4,
-            atol=1e-6,
-            equal_nan=True,
-        )
+        rounds[name] = read_run(tmp_path / name)[0]
+    torch_rounds = rounds["torch1"]
+    for name in ("deepspeed1", "deepspeed2"):  # one rank (the server), two rank actors (ZeRO partitions)
+        ds_rounds = rounds[name]
+        assert ds_rounds["sparsity"].iloc[-1] > 0  # the global model was pruned (Taylor scored under ZeRO-3)
+        for column in ("sparsity", "total_params", "test_accuracy"):
+            assert ds_rounds[column].tolist() == torch_rounds[column].tolist(), (name, column)
+        for column in ("test_loss", "train_loss"):
+            torch.testing.assert_close(
+                torch.tensor(ds_rounds[column].to_numpy()),
+                torch.tensor(torch_rounds[column].to_numpy()),
+                rtol=1e-4,
+                atol=1e-6,
+                equal_nan=True,
+            )
+
+
+def test_two_zero_ranks_partition_the_model_and_give_torch_results(ray_session, tiny_llama_dir):
+    """``server.num_ranks: 2``: two Ray actors form one gloo group, ZeRO-3 keeps half of every parameter on
+    each, and evaluation (rows split over the ranks) and Taylor importance (batches split, gradients reduced)
+    equal the plain torch server's."""
+    from fedspine_ray.runtime.zero import ZeroGroupBackend, server_backend
+
+    config = config_from_dict({"server": {"backend": "deepspeed", "zero_stage": 3, "num_ranks": 2}}).server
+    group = server_backend(config, "test-zero")
+    assert isinstance(group, ZeroGroupBackend)
+    try:
+        assert [m["accelerator"] for m in group.members] == ["cpu", "cpu"]
+        model = load_classifier(tiny_llama_dir, num_labels=2, seed=0)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        parts = group.partitions(copy.deepcopy(model))
+        total = sum(p.numel() for p in model.parameters())
+        assert len(parts) == 2 and all(full == total for _, full in parts)
+        assert all(held <= total / 2 + 1000 for held, _ in parts)  # each rank holds about half (padding)
+        assert sum(held for held, _ in parts) >= total
+
+        data = batches(count=3) + [batches(seed=5, count=1)[0]]  # 4 batches: 2 per rank
+        data[-1] = {k: v[:5] for k, v in data[-1].items()}  # an odd batch: 3 rows on rank 0, 2 on rank 1
+        ref_loss, ref_correct, ref_logits = evaluate(TorchBackend(), copy.deepcopy(model), data)
+        loss, correct, logits = evaluate(group, copy.deepcopy(model), data)
+        assert correct == ref_correct
+        assert loss == pytest.approx(ref_loss, rel=1e-5)
+        torch.testing.assert_close(logits, ref_logits, rtol=1e-5, atol=1e-6)
+
+        calibration = batches(seed=1, count=3)  # odd: rank 1 pads with a zero-weighted batch
+        ref = TorchBackend().importance(model, "taylor", calibration)
+        got = group.importance(model, "taylor", calibration)
+        for kind in ("attention", "mlp"):
+            for layer, scores in getattr(ref, kind).items():
+                torch.testing.assert_close(getattr(got, kind)[layer], scores, rtol=1e-4, atol=1e-8)
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, before[name]), name  # the server's model is untouched
+    finally:
+        group.close()

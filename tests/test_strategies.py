@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -198,3 +199,37 @@ def test_schedule_reaches_the_target_even_when_prune_every_skips_its_last_round(
     assert [rnd for rnd, pruned in done.items() if pruned] == [2, 4, 6]
     assert strategy.pruning_done and strategy.version == 3
     assert prunable_units(ctx.global_model).sparsity == pytest.approx(0.5, abs=0.03)
+
+
+def test_min_steps_spreads_a_schedule_that_would_prune_almost_all_at_once(tiny_llama_dir):
+    """A first round that takes most of the time budget: the time-based schedule asks for nearly the whole
+    target at once; pruning.min_steps: 3 prunes a third of it per step and goes on past the schedule's end."""
+    ctx, _ = make_context(
+        tiny_llama_dir,
+        training={"rounds": 10, "max_sim_time_s": 10.0},
+        method={"name": "fedit", "prune_global": True},
+        pruning={
+            "target_sparsity": 0.45,
+            "schedule": "cubic",
+            "end_fraction": 0.6,
+            "min_steps": 3,
+            "prune_attention": False,  # MLP channels: fine steps on the tiny model
+        },
+    )
+    clock = {
+        "now": 5.0
+    }  # round 1 ended at 5 s of a 10 s budget: progress 5 / 6, cubic -> 99.5 % of the target
+    ctx.sim_clock_s = lambda: clock["now"]
+    strategy = build_strategy("fedit")
+    strategy.setup(ctx)
+    sparsity = []
+    for rnd in range(1, 6):
+        strategy.global_prune_step(rnd)
+        sparsity.append(prunable_units(ctx.global_model).sparsity)
+        clock["now"] += 1.0
+    steps = np.diff([0.0, *sparsity])
+    assert 0 < steps[0] <= 0.15 + 0.01 and (steps <= 0.15 + 0.01).all()  # one step: at most target / 3
+    assert sparsity[1] < 0.4  # the uncapped schedule would have been at 0.45 after round 1
+    reached = next(i for i, x in enumerate(sparsity) if x >= 0.45 - 0.05)
+    assert reached >= 2 and strategy.pruning_done  # at least three steps, and then the schedule ends
+    assert sparsity[reached:] == [sparsity[reached]] * (len(sparsity) - reached)  # nothing churns afterwards

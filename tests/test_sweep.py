@@ -77,6 +77,58 @@ def test_domain_forms(tmp_path):
         ({"base": {"training": {"rounds": 0}}}, "sweep.base.training.rounds"),
         ({"base": {}, "base_config": "package:default.yaml"}, "sweep.base"),
         ({"overrides": {"training.rounds": -1}}, "sweep.overrides.training.rounds"),
+        # schedulers, search algorithms, stopping, retries (issue 25)
+        ({"scheduler": "fifo"}, "sweep.scheduler.type"),
+        ({"scheduler": {"grace_period": 2}}, "sweep.scheduler.type"),
+        (
+            {"scheduler": {"type": "asha", "perturbation_interval": 2}},
+            "sweep.scheduler.perturbation_interval",
+        ),
+        ({"scheduler": {"type": "asha", "grace_period": 0}}, "sweep.scheduler.grace_period"),
+        ({"scheduler": {"type": "asha", "max_t": 2, "grace_period": 3}}, "sweep.scheduler.grace_period"),
+        ({"scheduler": {"type": "asha", "reduction_factor": 1}}, "sweep.scheduler.reduction_factor"),
+        ({"scheduler": {"type": "asha", "time_attr": "wall_time_s"}}, "sweep.scheduler.time_attr"),
+        ({"scheduler": {"type": "asha", "time_attr": "sim_time_s"}}, "sweep.scheduler.max_t"),
+        ({"scheduler": {"type": "hyperband"}}, "sweep.overrides"),  # needs runtime.checkpoint_every: 1
+        ({"scheduler": {"type": "pbt"}}, "sweep.scheduler.hyperparam_mutations"),
+        (
+            {"scheduler": {"type": "pbt", "hyperparam_mutations": {"lora.rank": [2, 4]}}},
+            "sweep.scheduler.hyperparam_mutations.lora.rank",
+        ),
+        (
+            {"scheduler": {"type": "pbt", "hyperparam_mutations": {"training.lr": [0.001, 2.0]}}},
+            "sweep.scheduler.hyperparam_mutations.training.lr",
+        ),
+        (  # PBT clones from checkpoints: the runs must write them
+            {"scheduler": {"type": "pbt", "hyperparam_mutations": {"training.lr": [0.001, 0.01]}}},
+            "sweep.overrides",
+        ),
+        (
+            {
+                "overrides": {"runtime.checkpoint_every": 2},
+                "scheduler": {
+                    "type": "pbt",
+                    "perturbation_interval": 3,
+                    "hyperparam_mutations": {"training.lr": [0.001, 0.01]},
+                },
+            },
+            "sweep.overrides",
+        ),
+        ({"search_alg": "skopt"}, "sweep.search_alg.type"),
+        ({"search_alg": "optuna"}, "sweep.search_space.lora.rank"),  # a grid cannot be searched
+        (
+            {"search_alg": {"type": "optuna", "sed": 1}, "search_space": {"lora.rank": {"choice": [2, 4]}}},
+            "sweep.search_alg.sed",
+        ),
+        (
+            {"search_alg": "optuna", "search_space": None, "variants": {"a": {"lora.rank": 2}}},
+            "sweep.variants",
+        ),
+        ({"stop": {"accuracy": 0.9}}, "sweep.stop.accuracy"),
+        ({"stop": {"round": "two"}}, "sweep.stop.round"),
+        ({"stop": []}, "sweep.stop"),
+        ({"time_budget_s": 0}, "sweep.time_budget_s"),
+        ({"max_failures": -1}, "sweep.max_failures"),
     ],
 )
 def test_invalid_sweeps_name_the_field(tmp_path, fields, field_name):
@@ -294,21 +346,207 @@ def assert_time_breakdown(output_dir: Path, rounds: pd.DataFrame) -> None:
     assert done["sim_idle_s"].min() == pytest.approx(0.0)  # the slowest device waits for nobody
 
 
-def test_trial_placement_group_holds_every_client_actor(tmp_path):
+def test_trial_placement_group_holds_every_client_actor_when_dedicated(tmp_path):
     from fedspine_ray.launch.tune import trial_bundles
 
     spec = load_sweep(
         write_sweep(
             tmp_path,
-            overrides={"clients.num_clients": 3, "devices.mix": {"jetson_nano": 1.0, "agx_orin": 2.0}},
+            overrides={
+                "clients.num_clients": 3,
+                "clients.placement": "dedicated",
+                "devices.mix": {"jetson_nano": 1.0, "agx_orin": 2.0},
+            },
         )
     )
-    bundles = trial_bundles(spec, {"lora.rank": 2})
+    bundles = trial_bundles(spec, {"lora.rank": 2}, {"CPU": 2.0})
     assert bundles[0] == {"CPU": spec.trial_cpus}  # the trial itself: next to nothing
-    assert len(bundles) == 1 + 3
+    assert len(bundles) == 1 + 3  # one per client actor; the server (no GPU) asks for nothing
     custom = [k for b in bundles[1:] for k in b if k.startswith("fedspine_")]
     assert sorted(custom) == ["fedspine_agx_orin", "fedspine_agx_orin", "fedspine_jetson_nano"]
     assert all(b["CPU"] > 0 and b["memory"] > 0 for b in bundles[1:])
+
+
+def test_trial_placement_group_holds_the_pool_workers_when_pooled(tmp_path):
+    """``clients.placement: pooled`` (or ``auto`` on a small cluster): one bundle per pool worker, sized by the
+    rules the server applies (devices/placement.py), not one per virtual client."""
+    from fedspine_ray.devices.placement import client_processes
+    from fedspine_ray.devices.population import build_client_devices
+    from fedspine_ray.launch.tune import trial_bundles
+
+    mix = {"jetson_nano": 1.0, "agx_orin": 1.0}
+    spec = load_sweep(write_sweep(tmp_path, overrides={"clients.num_clients": 12, "devices.mix": mix}))
+    small = trial_bundles(spec, {"lora.rank": 2}, {"CPU": 2.0})  # auto on 2 cores: pooled, a worker per class
+    assert len(small) == 1 + 2
+    assert sorted(k for b in small[1:] for k in b if k.startswith("fedspine_")) == [
+        "fedspine_agx_orin",
+        "fedspine_jetson_nano",
+    ]
+    config = spec.trial_config({"lora.rank": 2})
+    mode, processes = client_processes(build_client_devices(config), "auto", None, {"CPU": 2.0})
+    assert mode == "pooled" and len(processes) == len(small) - 1
+    big = trial_bundles(spec, {"lora.rank": 2}, {"CPU": 64.0, "memory": 1e12})  # a node per client: dedicated
+    assert len(big) == 1 + 12
+    sized = load_sweep(
+        write_sweep(
+            tmp_path,
+            overrides={
+                "clients.num_clients": 12,
+                "devices.mix": mix,
+                "clients.placement": "pooled",
+                "clients.pool_size": 3,
+            },
+        )
+    )
+    assert len(trial_bundles(sized, {"lora.rank": 2}, {"CPU": 64.0})) == 1 + 2 * 3
+
+
+def test_trial_placement_group_has_a_bundle_for_the_server_gpus(tmp_path):
+    from fedspine_ray.launch.tune import trial_bundles
+
+    spec = load_sweep(write_sweep(tmp_path, overrides={"server.num_gpus": 1, "clients.num_clients": 2}))
+    bundles = trial_bundles(spec, {"lora.rank": 2}, {"CPU": 2.0})
+    assert bundles[:2] == [{"CPU": spec.trial_cpus}, {"GPU": 1.0}]  # the server actor: num_cpus=0 + its GPU
+    assert not any("GPU" in b for b in bundles[2:])  # these clients ask for no GPU
+    ranks = {"server.backend": "deepspeed", "server.num_ranks": 2, "server.num_gpus": 0.5}
+    zero = load_sweep(write_sweep(tmp_path, overrides={**ranks, "clients.num_clients": 2}))
+    bundles = trial_bundles(zero, {"lora.rank": 2}, {"CPU": 2.0})
+    assert bundles[1:3] == [{"GPU": 0.5}, {"GPU": 0.5}]  # one per ZeRO rank actor; the server asks for none
+    assert not any("GPU" in b for b in bundles[3:])
+
+
+def test_testbed80_trial_is_schedulable_on_two_cores():
+    """80 pooled Jetsons: the trial reserves its 3 pool workers (one per class on 2 CPUs), not 80 clients."""
+    from fedspine_ray.launch.tune import trial_bundles
+
+    spec = load_sweep(TUNE_CONFIGS / "paper_comparison_testbed80.yaml")
+    for variant in spec.variants:
+        bundles = trial_bundles(spec, {"variant": variant, "seed": 0}, {"CPU": 2.0})
+        assert len(bundles) == 1 + 3
+        assert sum(b.get("CPU", 0) for b in bundles) <= 2.0
+        assert sum(b.get("memory", 0) for b in bundles) < 8 * 2**30
+
+
+def test_every_shipped_sweep_trial_fits_a_two_core_box():
+    """Every shipped sweep's trials are schedulable here (one trial's placement group within 2 CPUs and the
+    memory a local Ray offers), unless its header says what it needs instead (a ``# Needs:`` line)."""
+    from fedspine_ray.launch.tune import trial_bundles
+
+    for path in sorted(TUNE_CONFIGS.glob("*.yaml")):
+        header = [line for line in path.read_text().splitlines() if line.startswith("#")]
+        if any(line.startswith("# Needs:") for line in header):
+            continue
+        spec = load_sweep(path)
+        variants = list(spec.variants) or [None]
+        first = {key: domain.values[0] for key, domain in spec.search_space.items()}
+        for variant in variants:
+            params = {**first, **({"variant": variant} if variant else {})}
+            bundles = trial_bundles(spec, params, {"CPU": 2.0})
+            assert sum(b.get("CPU", 0) for b in bundles) <= 2.0, (path.name, variant)
+            # a local Ray on a 24 GiB box offers about 16 GiB of `memory` to actors
+            assert sum(b.get("memory", 0) for b in bundles) <= 12 * 2**30, (path.name, variant)
+
+
+def test_scheduler_search_alg_and_stop_reach_tune(tmp_path):
+    from ray.tune.schedulers import ASHAScheduler, PopulationBasedTraining
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    from fedspine_ray.launch.tune import run_config, tune_config
+
+    spec = load_sweep(
+        write_sweep(
+            tmp_path,
+            search_space={"training.lr": {"loguniform": [1e-4, 1e-2]}},
+            scheduler="asha",
+            search_alg={"type": "optuna", "seed": 3},
+            num_samples=6,
+            metric="test_loss",
+            mode="min",
+            stop={"round": 4},
+            time_budget_s=600,
+            max_failures=2,
+            overrides={"training.rounds": 5},
+        )
+    )
+    assert spec.scheduler.kind == "asha" and spec.scheduler.max_t == 5  # default: the base's rounds
+    assert spec.scheduler.grace_period == 1 and spec.scheduler.reduction_factor == 4  # Tune's defaults
+    tc = tune_config(spec)
+    assert (tc.metric, tc.mode, tc.num_samples, tc.time_budget_s) == ("test_loss", "min", 6, 600)
+    assert isinstance(tc.scheduler, ASHAScheduler) and tc.scheduler._time_attr == "round"
+    assert tc.scheduler._max_t == 5
+    searcher = tc.search_alg.searcher if isinstance(tc.search_alg, SearchGenerator) else tc.search_alg
+    searcher = searcher.searcher if isinstance(searcher, ConcurrencyLimiter) else searcher
+    assert type(searcher).__name__ == "OptunaSearch"
+    rc = run_config(spec)
+    assert rc.stop == {"round": 4.0} and rc.failure_config.max_failures == 2
+    pbt = load_sweep(
+        write_sweep(
+            tmp_path,
+            overrides={"runtime.checkpoint_every": 1},
+            scheduler={
+                "type": "pbt",
+                "perturbation_interval": 2,
+                "hyperparam_mutations": {
+                    "training.lr": {"loguniform": [1e-4, 1e-2]},
+                    "training.local_steps": [2, 4],
+                },
+            },
+        )
+    )
+    assert pbt.param_keys[0] == "lora.rank"  # trials.parquet columns: searched, then mutated keys
+    assert set(pbt.param_keys[1:]) == {"training.lr", "training.local_steps"}
+    scheduler = tune_config(pbt).scheduler
+    assert isinstance(scheduler, PopulationBasedTraining) and scheduler._perturbation_interval == 2
+    assert scheduler._hyperparam_mutations["training.local_steps"] == [2, 4]
+    assert run_config(pbt).checkpoint_config.num_to_keep >= 3  # PBT clones older checkpoints of others
+
+
+def test_search_alg_without_its_package_names_the_extra(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from fedspine_ray.cli import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a)
+    )
+    sweep = write_sweep(tmp_path, search_alg="optuna", search_space={"lora.rank": {"choice": [2, 4]}})
+    assert main(["sweep", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and 'pip install "fedspine-ray[hpo]"' in err, err
+    assert err.startswith("fedspine: config error: sweep.search_alg:"), err
+
+
+@pytest.mark.parametrize(
+    ("storage", "remote"),
+    [("s3://bucket/sweeps", True), ("gs://bucket/a/b", True), ("file:///tmp/fedspine-sweeps", False)],
+)
+def test_storage_uris_reach_tune_unresolved(tmp_path, storage, remote):
+    from fedspine_ray.launch.sweep_spec import with_storage
+    from fedspine_ray.launch.tune import run_config, trials_location
+
+    spec = load_sweep(write_sweep(tmp_path, name="uri", storage_path=storage))
+    assert spec.storage == storage and spec.location == f"{storage}/uri"
+    config = run_config(spec)
+    assert config.storage_path == storage  # not Path.resolve()d into <cwd>/s3:/bucket/...
+    assert spec.remote_storage is remote and config.sync_config.sync_artifacts is remote
+    assert (
+        trials_location(spec) == f"{storage}/uri/{TRIALS_FILE}"
+        if remote
+        else str(spec.sweep_dir / TRIALS_FILE)
+    )
+    if not remote:
+        assert spec.sweep_dir == Path("/tmp/fedspine-sweeps/uri")
+    local = with_storage(spec, "relative/sweeps")  # --storage-path: a local path is made absolute
+    assert Path(local.storage).is_absolute() and local.storage.endswith("relative/sweeps")
+
+
+def test_knobs_sweep_tunes_fedspines_own_knobs_with_asha():
+    spec = load_sweep(TUNE_CONFIGS / "fedspine_knobs_asha.yaml")
+    assert spec.scheduler.kind == "asha" and spec.scheduler.time_attr == "sim_time_s"
+    assert {"bandit.exploration", "rounds.time_slack", "rounds.fill_max_factor"} <= set(spec.search_space)
+    assert {"pruning.schedule", "pruning.end_fraction"} <= set(spec.search_space)
+    assert spec.num_samples > 1 and spec.base_config().method.name == "fedspine"
 
 
 def test_sweep_command_exits_2_on_config_error(tmp_path, capsys):

@@ -2,7 +2,9 @@
 
 Role: FedSpine's per-device bandits (grid UCB family in :mod:`.ucb`, S-UCB over the continuous space in
 :mod:`.sucb`) behind one interface (:class:`~.base.DeviceLearners`: ``select`` / ``update`` / ``failed``
-with an :class:`~.base.Arm`), and the reward functions (:mod:`.reward`).
+with an :class:`~.base.Arm`), and the reward functions (:mod:`.reward`). :mod:`.pucbv` is FedLPS's P-UCBV
+over pruning ratios only, the learner of the ``fedlps`` baseline (built by that strategy, not by
+``bandit.algorithm``: it has no rank dimension and no round-time model).
 May import: NumPy and :mod:`fedspine_ray.config`. Never torch, Ray, models or the runtime: a learner sees
 numbers (rewards, predicted costs), so it can be tested and benchmarked in microseconds.
 """
@@ -10,11 +12,22 @@ numbers (rewards, predicted costs), so it can be tested and benchmarked in micro
 from __future__ import annotations
 
 from fedspine_ray.bandits.base import Arm, ArmCost, DeviceLearners
+from fedspine_ray.bandits.pucbv import PUCBV, DevicePUCBV
 from fedspine_ray.bandits.sucb import DeviceSUCB, allowed_ranks, allowed_ratios
 from fedspine_ray.bandits.ucb import ArmGrid, GridBandits
 from fedspine_ray.config.sections import BanditConfig
 
-__all__ = ["Arm", "ArmCost", "ArmGrid", "DeviceLearners", "DeviceSUCB", "GridBandits", "build_learners"]
+__all__ = [
+    "PUCBV",
+    "Arm",
+    "ArmCost",
+    "ArmGrid",
+    "DeviceLearners",
+    "DevicePUCBV",
+    "DeviceSUCB",
+    "GridBandits",
+    "build_learners",
+]
 
 
 def build_learners(config: BanditConfig, num_devices: int, seed: int) -> DeviceLearners:

@@ -49,6 +49,10 @@ class DeviceLearners(Protocol):
         """Feed back the reward of the arm the device played."""
         ...
 
+    def arm_of(self, device_id: int, ratio: float, rank: int) -> Arm:
+        """The arm playing (ratio, rank) is for this device's learner: what to update when the caller chose it."""
+        ...
+
     def failed(self, device_id: int, arm: Arm, reward: float) -> None:
         """The device could not run ``arm`` (out of memory): record ``reward`` and what follows from it."""
         ...

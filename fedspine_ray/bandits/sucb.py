@@ -343,6 +343,9 @@ class DeviceSUCB(PerDeviceLearners):
     def update(self, device_id: int, arm: Arm, reward: float) -> None:
         self._learner(device_id).update(arm.ratio, arm.rank, reward, arm.key)
 
+    def arm_of(self, device_id: int, ratio: float, rank: int) -> Arm:
+        return Arm(float(ratio), int(rank), self._learner(device_id).cell_of(ratio, rank))
+
     def failed(self, device_id: int, arm: Arm, reward: float) -> None:
         self.update(device_id, arm, reward)
 

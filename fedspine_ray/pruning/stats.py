@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from torch import nn
 
 from .apply import original_shapes
-from .architectures import ROWS, LayerSpec, get_linear, layer_specs, unwrap_linear
+from .architectures import (
+    ROWS,
+    LayerSpec,
+    UnsupportedArchitectureError,
+    get_linear,
+    layer_specs,
+    unwrap_linear,
+)
 from .plan import PruningPlan
 
 
@@ -67,8 +74,10 @@ class PrunableUnits:
 
     @property
     def sparsity(self) -> float:
-        """Fraction of the original prunable parameters removed (the project-wide definition)."""
-        return 1.0 - self.prunable_params / self.original_prunable_params
+        """Fraction of the original prunable parameters removed (the project-wide definition); 0 for a model
+        without prunable units (an architecture the engine cannot prune, trained unpruned)."""
+        original = self.original_prunable_params
+        return 1.0 - self.prunable_params / original if original else 0.0
 
     @property
     def unit_sparsity(self) -> float:
@@ -78,8 +87,16 @@ class PrunableUnits:
 
 
 def prunable_units(model: nn.Module) -> PrunableUnits:
-    """Count attention units / MLP channels of ``model`` and of its unpruned original."""
-    specs = layer_specs(model)
+    """Count attention units / MLP channels of ``model`` and of its unpruned original.
+
+    A model whose architecture the engine cannot prune has none (sparsity 0): unpruned methods (FedIT,
+    HetLoRA, FlexLoRA) train any causal LM PEFT can wrap and still report the column; pruning it fails
+    before Ray starts (launch/preflight.py) or at the first plan (one-line error).
+    """
+    try:
+        specs = layer_specs(model)
+    except UnsupportedArchitectureError:
+        return PrunableUnits([], [], [], [], [], [])
     orig = original_shapes(model)
     return PrunableUnits(
         attention_units=[s.n_units for s in specs],

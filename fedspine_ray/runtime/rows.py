@@ -50,6 +50,9 @@ def client_row(rnd: int, outcome: ClientOutcome, device_class: str, default_step
         "model_params": int(metrics.model_params),
         "trainable_params": int(metrics.trainable_params),
         "reward": float(metrics.reward),
+        "node_id": metrics.node_id,
+        "accelerator": metrics.accelerator,
+        "gpu_memory_peak_bytes": int(metrics.gpu_memory_peak_bytes),
     }
 
 
@@ -74,8 +77,11 @@ def round_row(
     extra: Mapping[str, Any],
 ) -> dict[str, Any]:
     """One row of rounds.parquet: ``evaluation`` (test loss/accuracy, majority, total_params), ``clock``
-    (simulated and wall times), then ``extra`` (timing, the strategy's global and round metrics)."""
+    (simulated and wall times), then ``extra`` (timing, the strategy's global and round metrics), then the
+    task's further evaluation columns (``eval_samples``, ``eval_cpu_s``, ``test_perplexity``,
+    ``test_accuracy_class_<label>``: modeling/tasks.py)."""
     usable = [o for o in outcomes if o.usable]
+    named = ("test_loss", "test_accuracy", "majority_accuracy", "total_params")
     return {
         "round": rnd,
         "method": method,
@@ -94,4 +100,5 @@ def round_row(
         "trainable_params": int(np.mean([o.metrics.trainable_params for o in usable])) if usable else 0,
         "total_params": evaluation["total_params"],
         **extra,
+        **{key: value for key, value in evaluation.items() if key not in named},
     }

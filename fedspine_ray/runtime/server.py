@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import ray
 import torch
-from ray.exceptions import OutOfMemoryError, RayActorError, WorkerCrashedError
+from ray.exceptions import ObjectLostError, OutOfMemoryError, RayActorError, WorkerCrashedError
 from torch import nn
 
 from fedspine_ray.config import ExperimentConfig
@@ -40,20 +40,22 @@ from fedspine_ray.messages import (
     tensor_bytes,
 )
 from fedspine_ray.modeling.adapters import lora_target_shapes
-from fedspine_ray.modeling.backend import build_backend
 from fedspine_ray.modeling.loading import head_module_names, load_tokenizer, lora_targets, resolve_model_path
-from fedspine_ray.modeling.tasks import build_task, majority_accuracy
+from fedspine_ray.modeling.tasks import build_task, eval_subset, majority_accuracy
 from fedspine_ray.pruning import count_parameters
 from fedspine_ray.rounds.budget import predicted_fedit_time
 from fedspine_ray.rounds.clock import RoundClock
 from fedspine_ray.runtime.idle_priority import IdlePriorityThread
-from fedspine_ray.runtime.pool import overlap_by_default, start_clients
+from fedspine_ray.runtime.pool import ClientShards, overlap_by_default, start_clients, unplaceable_outcome
 from fedspine_ray.runtime.rows import client_row, round_row, timing_columns
 from fedspine_ray.runtime.transfer import static_tensor_names, strip_static
+from fedspine_ray.runtime.zero import server_backend
 from fedspine_ray.strategies import ServerContext, build_strategy
 from fedspine_ray.strategies.aggregate import InvalidUpdateError, validate_head, validate_update
 
 log = logging.getLogger("fedspine_ray.server")
+#: A client's reply cannot come: its process died (killed, out of memory) or its node did, with the reply.
+PROCESS_LOST = (RayActorError, OutOfMemoryError, WorkerCrashedError, ObjectLostError)
 
 
 @dataclass
@@ -69,6 +71,10 @@ class InFlightRound:
     wait_s: float = 0.0
     #: Configured and dispatched by the previous round's call, while that round was evaluated.
     started_early: bool = False
+    #: CPU seconds the server process spent selecting, configuring and dispatching the round.
+    start_cpu_s: float = 0.0
+    #: Selected clients no live node can host (runtime/pool.py): rows with status ``unplaceable``, nothing else.
+    unplaceable: list[int] = dataclasses.field(default_factory=list)
 
 
 class BasePayload:
@@ -132,9 +138,20 @@ class FederatedServer:
         data = self.task.prepare(cfg, load_tokenizer(model_dir))
         train, self.test = data.train, data.test
         self.majority_accuracy = majority_accuracy(self.test)
+        #: What the rounds between full evaluations evaluate (training.eval_subset; the whole split if unset).
+        self.eval_set = eval_subset(self.test, cfg.training.eval_subset, cfg.seed)
         self.global_model = self.task.load_model(model_dir, len(data.label_names), cfg.seed)
-        parts = partition_indices(data.partition_labels, cfg.clients.num_clients, cfg.partition, cfg.seed)
         self.devices: list[ClientDevice] = build_client_devices(cfg)
+        # Each client's device capability (sustained FLOP/s; CPUs without profiles): what strategies rank
+        # devices by, and what partition.kind device_correlated splits the data along.
+        capacity = {d.client_id: d.profile.flops_per_s if d.profile else d.num_cpus for d in self.devices}
+        parts = partition_indices(
+            data.partition_labels,
+            cfg.clients.num_clients,
+            cfg.partition,
+            cfg.seed,
+            [capacity[d.client_id] for d in self.devices],
+        )
         self.clock = RoundClock(cfg, self.devices)
         if cfg.training.sim_time_budget_fedit_rounds is not None:
             cfg = self.config = self.clock.config = self._with_fedit_time_budget(train, parts)
@@ -148,17 +165,15 @@ class FederatedServer:
             head_modules=head_module_names(self.global_model),
             client_num_samples={cid: len(p) for cid, p in enumerate(parts)},
             calibration_batches=list(calibration.batches(cfg.training.batch_size)),
-            client_capacity={
-                d.client_id: d.profile.flops_per_s if d.profile else d.num_cpus for d in self.devices
-            },
-            backend=build_backend(cfg.server),
+            client_capacity=capacity,
+            backend=server_backend(cfg.server, self.run_id),  # server.num_ranks > 1: a ZeRO rank group
             sim_clock_s=lambda: self.clock.now_s,
             held_base=lambda client_id: self.client_base.get(client_id),
         )
         self.strategy = build_strategy(cfg.method.name)
         self.strategy.setup(self.ctx)
         self.static_names = static_tensor_names(self.global_model, self.ctx.head_modules)
-        self._start_clients({d.client_id: train.subset(parts[d.client_id]) for d in self.devices})
+        self._start_clients(ClientShards(train, parts))  # shards cut per process, not 10,000 copies here
         return {
             "run_id": self.run_id,
             "num_clients": len(self.clients),
@@ -191,7 +206,7 @@ class FederatedServer:
         training = dataclasses.replace(cfg.training, max_sim_time_s=budget, sim_time_budget_fedit_rounds=None)
         return dataclasses.replace(cfg, training=training)
 
-    def _start_clients(self, shards: dict[int, TokenizedSplit]) -> None:
+    def _start_clients(self, shards: ClientShards) -> None:
         """Create the clients' processes (runtime/pool.py) and decide whether evaluation overlaps rounds."""
         cfg = self.config
         self.runtime = start_clients(
@@ -235,18 +250,19 @@ class FederatedServer:
         window_start = self._last_report_end if inflight.started_early else call_start
         outcomes = self._finish_round(inflight)
         round_time = self.clock.close_round(outcomes)
-        collected = time.perf_counter()
+        collected, collected_cpu = time.perf_counter(), time.process_time()
         extra = self.strategy.aggregate_round(rnd, outcomes)
         global_metrics = self.strategy.global_metrics()
-        aggregated = time.perf_counter()
+        aggregated, aggregate_cpu = time.perf_counter(), time.process_time() - collected_cpu
+        split = self.test if self._full_evaluation(rnd) else self.eval_set
         model = self.strategy.evaluation_model()  # a snapshot: configuring the next round cannot change it
         if start_next and self._overlap_evaluation and not cfg.training.budget_spent(self.clock.now_s):
             self._inflight = self._start_round(rnd + 1, started_early=True)
         next_started = time.perf_counter()
         if self._inflight is not None and self._idle_evaluator is not None:  # clients train meanwhile
-            evaluation = self._idle_evaluator.run(self._evaluate_model, model)
+            evaluation = self._idle_evaluator.run(self._evaluate_model, model, split)
         else:
-            evaluation = self._evaluate_model(model)
+            evaluation = self._evaluate_model(model, split)
         evaluated = time.perf_counter()
         timing = {  # where the round's wall time went (docs/results.md, benchmarks/bench_scale.py)
             "server_configure_s": inflight.configure_s,
@@ -256,6 +272,8 @@ class FederatedServer:
             "next_round_start_s": next_started - aggregated,
             "eval_s": evaluated - next_started,
             "eval_overlapped": self._inflight is not None,
+            "server_start_cpu_s": inflight.start_cpu_s,
+            "aggregate_cpu_s": aggregate_cpu,
             **timing_columns(outcomes),
             "client_processes": len(self.runtime.actors),
         }
@@ -271,17 +289,22 @@ class FederatedServer:
         )
         steps = cfg.training.local_steps
         rows = [client_row(rnd, o, self.devices[o.client_id].device_class, steps) for o in outcomes]
+        for cid in inflight.unplaceable:  # selected, but their process is lost with no node to move to
+            lost = unplaceable_outcome(cid, self.ctx.client_num_samples[cid])
+            rows.append(client_row(rnd, lost, self.devices[cid].device_class, steps))
         return RoundReport(row, rows)
 
     def _start_round(self, rnd: int, started_early: bool = False) -> InFlightRound:
         """Select, configure and dispatch round ``rnd``: its clients start training on return."""
-        started = time.perf_counter()
-        selected = self._select_clients(rnd)
+        started, started_cpu = time.perf_counter(), time.process_time()
+        selected, unplaceable = self.runtime.placeable(self._select_clients(rnd))
         assignments = self.strategy.configure_round(rnd, selected)
         configured = time.perf_counter()
         inflight = self._dispatch(rnd, assignments)
+        inflight.unplaceable = unplaceable
         inflight.configure_s = configured - started
         inflight.dispatch_s = time.perf_counter() - configured
+        inflight.start_cpu_s = time.process_time() - started_cpu
         inflight.started_early = started_early
         return inflight
 
@@ -318,9 +341,8 @@ class FederatedServer:
                 shipping.bases[assignment.base_key] = self.strategy.base_model(assignment.base_key)
             base = shipping.bases[assignment.base_key]
             payload, derivation, derivation_ref = self._base_transfer(shipping, cid, assignment)
-            cost = self.clock.estimate(
-                cid, base, assignment.rank, rnd, self.ctx.lora_targets, self.ctx.head_modules
-            )
+            targets = self.ctx.lora_targets if assignment.lora_modules is None else assignment.lora_modules
+            cost = self.clock.estimate(cid, base, assignment.rank, rnd, targets, self.ctx.head_modules)
             outcome = ClientOutcome(
                 cid,
                 assignment,
@@ -331,6 +353,7 @@ class FederatedServer:
                     memory_available_bytes=cost.memory_available,
                     trainable_params=cost.trainable_params,
                     model_params=cost.model_params,
+                    node_id=self.runtime.node_of(cid),  # where it was placed; the reply says where it ran
                 ),
                 fits_memory=cost.fits,
                 conditions=cost.conditions,
@@ -388,7 +411,9 @@ class FederatedServer:
             weight_decay=cfg.training.weight_decay,
             lora_alpha=cfg.lora.alpha,
             lora_dropout=cfg.lora.dropout,
-            lora_targets=self.ctx.lora_targets,
+            # PEFT's target_modules takes full names as well as suffixes: a client training some modules only
+            # (ClientAssignment.lora_modules, LEGEND's depth) wraps exactly those
+            lora_targets=assignment.lora_modules or self.ctx.lora_targets,
             head_modules=self.ctx.head_modules,
             seed=cfg.seed,
             static_names=self.static_names,
@@ -422,7 +447,7 @@ class FederatedServer:
             outcome = inflight.outcomes[inflight.pending[done[0]]]
             try:
                 result: FitResult = ray.get(done[0])
-            except (RayActorError, OutOfMemoryError, WorkerCrashedError) as exc:  # the process is gone
+            except PROCESS_LOST as exc:  # the process (or its node, with the reply) is gone
                 self._lost(inflight.round, outcome, exc)
                 continue
             key = outcome.assignment.base_key
@@ -449,6 +474,10 @@ class FederatedServer:
         self, rnd: int, outcome: ClientOutcome, result: FitResult, expected: dict[str, tuple[int, int]]
     ) -> None:
         """Check a reply against the shapes its base was sent with; record it, or reject it."""
+        modules = outcome.assignment.lora_modules
+        if modules is not None:  # it trained these only (LEGEND's depth): exactly these must come back
+            wanted = set(modules)
+            expected = {name: shape for name, shape in expected.items() if name in wanted}
         try:
             validate_update(
                 result.factors,
@@ -468,6 +497,8 @@ class FederatedServer:
         outcome.wall_time_s = result.wall_time_s
         metrics = outcome.metrics
         metrics.train_time_s, metrics.train_cpu_s = result.train_time_s, result.train_cpu_s
+        metrics.node_id, metrics.accelerator = result.node_id or metrics.node_id, result.accelerator
+        metrics.gpu_memory_peak_bytes = result.gpu_memory_peak_bytes
         metrics.tokens_processed = result.tokens_processed
         if result.local_pruning is not None:  # units removed mid-fit: the clock charges what ran
             outcome.local_pruning = result.local_pruning
@@ -479,15 +510,29 @@ class FederatedServer:
         """Test loss and accuracy of the strategy's current global model (the task kind defines both)."""
         return self._evaluate_model(self.strategy.evaluation_model())
 
-    def _evaluate_model(self, model: nn.Module) -> dict[str, float]:
+    def _full_evaluation(self, rnd: int) -> bool:
+        """Whether round ``rnd`` evaluates the whole test split, not ``training.eval_subset`` of it: every
+        ``training.eval_full_every``-th round and the last one (``training.rounds``, or a spent time budget)."""
+        training = self.config.training
+        every = training.eval_full_every
+        return (
+            rnd >= training.rounds
+            or bool(every and rnd % every == 0)
+            or training.budget_spent(self.clock.now_s)
+        )
+
+    def _evaluate_model(self, model: nn.Module, split: TokenizedSplit | None = None) -> dict[str, float]:
+        """The task's evaluation columns of ``model`` on ``split`` (default: the whole test split)."""
+        split = self.test if split is None else split
         self._eval_params = count_parameters(model)
+        cpu = time.process_time()  # the process's CPU: this thread and torch's intra-op threads
         with self.ctx.backend.serving(model) as forward, torch.no_grad():  # server.backend
-            loss, accuracy = self.task.evaluate(forward, self.test, self.config.training.eval_batch_size)
+            metrics = self.task.evaluate_metrics(forward, split, self.config.training.eval_batch_size)
         return {
-            "test_loss": loss,
-            "test_accuracy": accuracy,
-            "majority_accuracy": self.majority_accuracy,
+            **metrics,
+            "majority_accuracy": majority_accuracy(split),
             "total_params": self._eval_params,
+            "eval_cpu_s": time.process_time() - cpu,
         }
 
     # ----------------------------------------------------------------- checkpoints (runtime/checkpoint.py)
@@ -499,8 +544,20 @@ class FederatedServer:
         """
         from fedspine_ray.runtime.checkpoint import rng_states
 
-        live = [d.client_id for d in self.devices if d.client_id not in self.dead_clients]
-        states = ray.get([self.clients[cid].export_state.remote() for cid in live])
+        gone = self.dead_clients | self.runtime.unplaceable  # no process: they hold nothing
+        live = [d.client_id for d in self.devices if d.client_id not in gone]
+        refs = {cid: self.clients[cid].export_state.remote() for cid in live}
+        states = {}
+        for cid, ref in refs.items():
+            try:
+                states[cid] = ray.get(ref)
+            except PROCESS_LOST:  # lost since its round (e.g. with its node): it holds nothing any more
+                self.client_base.pop(cid, None)
+                if self.runtime.client_failed(cid):
+                    self.dead_clients.add(cid)
+        if len(states) < len(refs):  # replace what was lost now, so the checkpoint is consistent
+            for lost in self.runtime.recover():
+                self.client_base.pop(lost, None)
         return {
             "round": rnd,
             "global_model": self.global_model,
@@ -510,7 +567,7 @@ class FederatedServer:
                 "client_base": dict(self.client_base),
                 "dead_clients": sorted(self.dead_clients),
             },
-            "clients": dict(zip(live, states, strict=True)),
+            "clients": states,
             "rng": rng_states(),
         }
 
@@ -531,5 +588,6 @@ class FederatedServer:
 
     def shutdown(self) -> None:
         self.runtime.shutdown()
+        self.ctx.backend.close()  # a ZeRO rank group's actors (server.num_ranks > 1)
         if self._idle_evaluator is not None:
             self._idle_evaluator.shutdown()

@@ -14,12 +14,17 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from fedspine_ray.pruning import layer_specs
+from fedspine_ray.pruning import UnsupportedArchitectureError, layer_specs
 
 
 def static_tensor_names(model: nn.Module, head_modules: Sequence[str]) -> list[str]:
-    """Names of parameters and buffers that no strategy ever changes (outside block Linears and the head)."""
-    block_prefixes = tuple(spec.prefix + "." for spec in layer_specs(model))
+    """Names of parameters and buffers that no strategy ever changes (outside block Linears and the head).
+
+    A model the pruning engine cannot prune has no known blocks: all of its Linears count as changing."""
+    try:
+        block_prefixes = tuple(spec.prefix + "." for spec in layer_specs(model))
+    except UnsupportedArchitectureError:
+        block_prefixes = ("",)
     changing = set()
     for name, module in model.named_modules():
         in_block_linear = isinstance(module, nn.Linear) and name.startswith(block_prefixes)

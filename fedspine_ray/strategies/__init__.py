@@ -11,12 +11,16 @@ from fedspine_ray.strategies.ablations import ABLATIONS
 from fedspine_ray.strategies.base import ServerContext, Strategy
 from fedspine_ray.strategies.baselines import BASELINES
 from fedspine_ray.strategies.fedit import FedIT
+from fedspine_ray.strategies.fedlps import FedLPS
 from fedspine_ray.strategies.fedspine import FedSpine
 from fedspine_ray.strategies.flexlora import FlexLoRA
+from fedspine_ray.strategies.flora import FLoRA
 from fedspine_ray.strategies.hetlora import HetLoRA
+from fedspine_ray.strategies.legend import Legend
 
 STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedIT, HetLoRA, FlexLoRA, FedSpine, *BASELINES, *ABLATIONS)
+    cls.name: cls
+    for cls in (FedIT, HetLoRA, FlexLoRA, FedSpine, *BASELINES, *ABLATIONS, FLoRA, FedLPS, Legend)
 }
 
 

@@ -22,6 +22,8 @@ Registry :data:`AGGREGATORS` (``get_aggregator(name)``):
   that unit's previous global delta unchanged, instead of as setting it to zero; FlexLoRA exactly when
   every client covers everything.
 * ``fedavg``: plain sample-weighted mean, all ranks must be equal.
+* ``flora`` (Wang et al., NeurIPS 2024): stacking, ``A = [p_1 A_1; ...; p_K A_K]``, ``B = [B_1 ... B_K]``, so
+  ``B A = sum_k p_k B_k A_k`` exactly at rank ``sum_k r_k``; FLoRA merges it into the base every round.
 
 ``distribute(global_factors, rank)`` gives a client of rank ``r`` its initial adapter for the round.
 """
@@ -41,6 +43,7 @@ __all__ = [
     "Aggregator",
     "ClientLoRA",
     "CoverageFlexLoRAAggregator",
+    "FLoRAAggregator",
     "FedAvgAggregator",
     "FedSpineAggregator",
     "FlexLoRAAggregator",
@@ -378,6 +381,36 @@ class FedAvgAggregator(Aggregator):
         return acc_a.to(a0.dtype), acc_b.to(b0.dtype)  # type: ignore[union-attr]
 
 
+class FLoRAAggregator(Aggregator):
+    """FLoRA's stacking (Wang et al., NeurIPS 2024): concatenate the clients' factors instead of averaging them.
+
+    With sample weights ``p_k = n_k / sum n`` (over the clients that sent the module)::
+
+        A = [p_1 A_1; p_2 A_2; ...; p_K A_K]   [sum r_k, in]
+        B = [B_1, B_2, ..., B_K]               [out, sum r_k]
+        B A = sum_k p_k B_k A_k                (exactly: no cross terms B_j A_k, unlike averaging A and B)
+
+    ``p_k`` multiplies ``A`` only, as in the authors' code (ATP-1010/FederatedLLM, model_aggregation.py):
+    weighting both factors would give ``p_k^2``. Ranks may differ across clients, and the result's rank is
+    ``sum r_k``: ``global_rank`` is not used, because FLoRA merges the stacked adapter into the base right away
+    (strategies/flora.py) and starts fresh adapters. Coverage masks are ignored: a client's factors are zero
+    outside its sub-model's units, so its product contributes nothing there. ``distribute`` is the default
+    slice, but FLoRA hands every client fresh adapters instead.
+    """
+
+    name = "flora"
+    averages = "products"
+
+    def _aggregate_module(self, name, updates, rank, prev):  # type: ignore[no-untyped-def]
+        weights = self._sample_weights(updates)
+        a0, b0 = updates[0].factors[name]
+        stacked_a = torch.cat(
+            [w * u.factors[name][0].double() for w, u in zip(weights, updates, strict=True)], 0
+        )
+        stacked_b = torch.cat([u.factors[name][1].double() for u in updates], 1)
+        return stacked_a.to(a0.dtype), stacked_b.to(b0.dtype)
+
+
 class CoverageFlexLoRAAggregator(FlexLoRAAggregator):
     """FlexLoRA in which a client leaves the units its pruned sub-model lacked as it got them.
 
@@ -497,6 +530,7 @@ AGGREGATORS: dict[str, Aggregator] = {
     "flexlora": FlexLoRAAggregator(),
     "flexlora_coverage": CoverageFlexLoRAAggregator(),
     "fedavg": FedAvgAggregator(),
+    "flora": FLoRAAggregator(),
 }
 
 

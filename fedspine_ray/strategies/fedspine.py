@@ -15,7 +15,7 @@ completion time) or the earlier progress + timeliness one (``bandit.reward``; do
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,8 @@ class FedSpine(LoRAStrategy):
         bandit = ctx.config.bandit
         #: One learner per device (or one shared) of ``bandit.algorithm``: grid UCB or S-UCB.
         self.bandits: DeviceLearners = build_learners(bandit, ctx.config.clients.num_clients, ctx.config.seed)
+        #: Devices that ran out of memory on the dense arm (``bandit.prefer_dense`` no longer forces it).
+        self.dense_failed: set[int] = set()
         super().setup(ctx)
 
     def max_rank(self) -> int:
@@ -65,10 +67,31 @@ class FedSpine(LoRAStrategy):
             if self.policy.knows(client_id):
                 cost = lambda p, r: self.predicted_time(client_id, p, r)  # noqa: E731
                 budget = self.policy.budget
+                dense = self._dense_arm(client_id, cost, budget)
+                if dense is not None:
+                    return dense.ratio, dense.rank, dense.key
             else:
                 cost, budget = _cheapest_first, -math.inf
         arm = self.bandits.select(client_id, cost, budget)
         return arm.ratio, arm.rank, arm.key
+
+    def _dense_arm(self, client_id: int, cost: Callable[[float, int], float], budget: float) -> Arm | None:
+        """``bandit.prefer_dense``: the largest arm for a device that can run it within the round's budget.
+
+        The round's length is set by its slowest devices; a device that can run the unpruned (global) model
+        at the largest rank without delaying anyone gains no round time by pruning, and with ``rounds.fill``
+        a smaller sub-model only buys it more steps on fewer units, while its update then covers only part of
+        the model (and is diluted where it has none). So such a device trains the largest arm and the bandit
+        searches only for the devices that must prune to keep up. A device that ran out of memory on the
+        dense arm is left to the bandit from then on. The reward still updates the arm played.
+        """
+        bandit = self.ctx.config.bandit
+        if not bandit.prefer_dense or client_id in self.dense_failed:
+            return None
+        ratio, rank = min(bandit.pruning_ratios), max(bandit.ranks)
+        if not cost(ratio, rank) <= budget:
+            return None
+        return self.bandits.arm_of(client_id, ratio, rank)
 
     def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
         rewards = self._reward_bandits(outcomes)
@@ -116,6 +139,8 @@ class FedSpine(LoRAStrategy):
             arm = Arm(assignment.pruning_ratio, assignment.rank, assignment.arm)
             if outcome.status == "oom":  # what follows for the device's larger arms is the learner's call
                 self.bandits.failed(outcome.client_id, arm, reward)
+                if assignment.pruning_ratio <= min(self.ctx.config.bandit.pruning_ratios) + 1e-9:
+                    self.dense_failed.add(outcome.client_id)
             else:
                 self.bandits.update(outcome.client_id, arm, reward)
             outcome.metrics.reward = reward

@@ -442,13 +442,24 @@ class LoRAStrategy(Strategy):
 
     # ------------------------------------------------------------------ iterative global pruning
     def global_prune_step(self, rnd: int) -> bool:
-        """Prune the global model to this round's scheduled sparsity (adapters merged first)."""
+        """Prune the global model to this round's scheduled sparsity (adapters merged first).
+
+        With ``pruning.min_steps: k`` one step adds at most ``target_sparsity / k``: when a run has few, long
+        rounds (a task with long texts, a slow population) the time-based schedule would otherwise reach most
+        of the target in the first round, before the adapters have learned anything to merge, and the model
+        never recovers in the time left. A capped schedule goes on past its end until the target is reached.
+        """
         cfg = self.ctx.config.pruning
         if self.pruning_done or rnd % cfg.prune_every != 0 or cfg.target_sparsity <= 0:
             return False
         progress = self.pruning_progress(rnd)
-        self.pruning_done = progress >= 1.0  # this step prunes to the target; later ones would only churn
-        return self.prune_to(sparsity_at_progress(cfg.schedule, cfg.target_sparsity, progress))
+        scheduled = sparsity_at_progress(cfg.schedule, cfg.target_sparsity, progress)
+        step = cfg.target_sparsity / cfg.min_steps
+        current = prunable_units(self.ctx.global_model).sparsity
+        capped = scheduled > current + step + 1e-9
+        # the step that reaches the schedule's end uncapped prunes to the target; later ones would only churn
+        self.pruning_done = progress >= 1.0 and not capped
+        return self.prune_to(current + step if capped else scheduled)
 
     def pruning_progress(self, rnd: int) -> float:
         """How far the pruning phase (``pruning.end_fraction`` of the run) is after round ``rnd``.
@@ -492,6 +503,23 @@ class LoRAStrategy(Strategy):
 
         self.merge_and_prune(plan)
         return True
+
+    # ------------------------------------------------------------------ merging without pruning (issue 26)
+    def merge_into_base(self, factors: Factors) -> None:
+        """Add ``factors``' delta ``B @ A`` (current global coordinates) to the global base as a new version.
+
+        For methods whose global state is the base model itself (FLoRA merges its stacked adapter every
+        round, strategies/flora.py). Like a prune step's merge it is logged in original coordinates, so a
+        device holding an earlier version replays it (:meth:`derivation`: only the factors cross the
+        network) instead of downloading the model again; the units are unchanged. The caller decides what
+        the global adapter becomes afterwards.
+        """
+        model = self.ctx.global_model
+        index_map = linear_index_map(model, self.global_units, validate=False)
+        self.merge_log[self.version + 1] = lora_to_global(factors, index_map, self.original_shapes)
+        merge_lora_delta(model, factors)
+        self.version += 1
+        self._importance = None
 
 
 def _coverage_masks(
