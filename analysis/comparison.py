@@ -13,7 +13,8 @@ tests and notebooks share one definition of each number.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -159,6 +160,23 @@ def time_to_target_table(
     return pd.DataFrame(rows)
 
 
+def _paired_by_seed(
+    summary: pd.DataFrame, baseline: str, columns: Sequence[str], order: Sequence[str] | None, caller: str
+) -> Iterator[tuple[str, pd.DataFrame, pd.DataFrame, list[Any]]]:
+    """Each variant but ``baseline`` with both seed-averaged frames (runs sharing a seed are averaged first)
+    and the seeds they share: what every paired table compares."""
+    if baseline not in set(summary["variant"]):
+        raise ValueError(
+            f"{caller}: no run of baseline {baseline!r}; variants: {sorted(set(summary['variant']))}"
+        )
+    by_seed = summary.groupby(["variant", "seed"])[list(columns)].mean()
+    base = by_seed.loc[baseline]
+    for variant in variant_order(summary, order):
+        if variant != baseline:
+            frame = by_seed.loc[variant]
+            yield variant, frame, base, sorted(set(frame.index) & set(base.index))
+
+
 def speedup_table(
     summary: pd.DataFrame,
     baseline: str,
@@ -173,19 +191,9 @@ def speedup_table(
     that share a seed are averaged first). ``verdict`` is
     ``faster`` / ``slower`` when the whole interval is above / below 1, else ``not resolved``.
     """
-    if baseline not in set(summary["variant"]):
-        raise ValueError(
-            f"speedup_table: no run of baseline {baseline!r}; variants: {sorted(set(summary['variant']))}"
-        )
     times = [target_column(t) for t in targets]
-    by_seed = summary.groupby(["variant", "seed"])[times].mean()  # runs sharing a seed are averaged
-    base = by_seed.loc[baseline]
     rows = []
-    for variant in variant_order(summary, order):
-        if variant == baseline:
-            continue
-        frame = by_seed.loc[variant]
-        seeds = sorted(set(frame.index) & set(base.index))
+    for variant, frame, base, seeds in _paired_by_seed(summary, baseline, times, order, "speedup_table"):
         for target in targets:
             column = target_column(target)
             interval = log_ratio_interval(
@@ -254,19 +262,9 @@ def paired_table(
     NaN (ended before the horizon), are left out; ``pairs`` says how many remain. Runs of a variant that share
     a seed are averaged first. ``verdict``: ``higher`` / ``lower`` when the interval excludes 0.
     """
-    if baseline not in set(summary["variant"]):
-        raise ValueError(
-            f"paired_table: no run of baseline {baseline!r}; variants: {sorted(set(summary['variant']))}"
-        )
     present = [c for c in columns if c in summary]
-    by_seed = summary.groupby(["variant", "seed"])[present].mean()
-    base = by_seed.loc[baseline]
     rows = []
-    for variant in variant_order(summary, order):
-        if variant == baseline:
-            continue
-        frame = by_seed.loc[variant]
-        seeds = sorted(set(frame.index) & set(base.index))
+    for variant, frame, base, seeds in _paired_by_seed(summary, baseline, present, order, "paired_table"):
         for column in present:
             test = paired_test(
                 [frame.at[s, column] for s in seeds], [base.at[s, column] for s in seeds], confidence
