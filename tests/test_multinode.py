@@ -45,6 +45,9 @@ PROFILES = {
     for name, flops in (("tier_a", 1.0e11), ("tier_b", 5.0e9))
 }
 RESOURCE = {name: f"fedspine_{name}" for name in PROFILES}
+#: Rounds of the pooled run: the loss lands in round 2 or 3, the moved clients train in the next, the driver is
+#: killed after that round's checkpoint, and at least one round is left for --resume.
+POOLED_ROUNDS = 6
 
 
 def _wait_for(
@@ -98,7 +101,7 @@ def _config_file(tmp_path: Path, tiny_llama_dir, tiny_text_csv, name: str, **sec
     profiles.write_text(yaml.safe_dump(PROFILES))
     base = {
         "clients": {"num_clients": 4, "pool_size": 2},
-        "training": {"local_steps": 30, "batch_size": 8},  # fits of a second or more
+        "training": {"local_steps": 40, "batch_size": 8},  # fits of about two seconds: the loss lands mid-fit
         "method": {"name": "fedspine"},
         "pruning": {"target_sparsity": 0.25, "importance": "magnitude", "end_fraction": 0.5},
         "bandit": {"pruning_ratios": [0.0, 0.25], "ranks": [4]},
@@ -136,7 +139,6 @@ def _classes_of_nodes(nodes: dict) -> dict[str, str]:
     return {node.node_id: ("tier_a" if key.startswith("a") else "tier_b") for key, node in nodes.items()}
 
 
-@pytest.mark.slow
 def test_clients_run_on_nodes_of_their_class_survive_lost_nodes_and_resume(
     cluster, tiny_llama_dir, tiny_text_csv, tmp_path
 ):
@@ -150,7 +152,7 @@ def test_clients_run_on_nodes_of_their_class_survive_lost_nodes_and_resume(
         tiny_text_csv,
         "dedicated",
         clients={"placement": "dedicated"},
-        training={"rounds": 2},
+        training={"rounds": 2, "local_steps": 5},  # placement only: no node is lost here
     )
     log = tmp_path / "dedicated.log"
     _finish(_driver(config, address, log), log)
@@ -168,7 +170,7 @@ def test_clients_run_on_nodes_of_their_class_survive_lost_nodes_and_resume(
         tiny_text_csv,
         "pooled",
         clients={"placement": "pooled"},
-        training={"rounds": 8},
+        training={"rounds": POOLED_ROUNDS},
         runtime={"checkpoint_every": 1},
     )
     log = tmp_path / "pooled.log"
@@ -185,8 +187,10 @@ def test_clients_run_on_nodes_of_their_class_survive_lost_nodes_and_resume(
         survivor = nodes["a2" if victim == "a1" else "a1"].node_id
         moved = set(a_rows.loc[a_rows["node_id"] == nodes[victim].node_id, "client_id"])
         b_clients = set(first.loc[first["device_class"] == "tier_b", "client_id"])
-        made.remove_node(nodes[victim])  # a round is running: its fits on this node die with it
-        made.remove_node(nodes["b"])  # the only tier_b node: its clients have nowhere to go
+        # a round is running: its fits on these nodes die with them. SIGKILL at once (allow_graceful=False), as a
+        # node that loses power: the graceful path waits on each process in turn, long enough for fits to end
+        made.remove_node(nodes[victim], allow_graceful=False)
+        made.remove_node(nodes["b"], allow_graceful=False)  # the only tier_b node: nowhere to go
 
         def lost_and_handled():
             tables = _tables(run_dir)
@@ -213,21 +217,35 @@ def test_clients_run_on_nodes_of_their_class_survive_lost_nodes_and_resume(
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     kept = checkpoint_round(run_dir)
-    assert kept is not None and kept < 8 and not (run_dir / "summary.json").exists()
+    assert kept is not None and kept < POOLED_ROUNDS and not (run_dir / "summary.json").exists()
 
-    # what the lost nodes did to the rounds before the kill: round 2's fits on them died (a status, no crash)
-    status = clients_before.set_index(["round", "client_id"])["status"]
+    # what the lost nodes did to the rounds before the kill. The nodes went while round 2 ran: a lost client
+    # whose fit was in flight records the loss as a status (actor_died) in round 2, or in round 3 if its fit had
+    # returned and its next call found the process gone; a client whose round-2 fit had returned (a loaded box)
+    # and whose loss the server saw before dispatching round 3 goes straight to its new node or to
+    # unplaceable. Never a crash or a missing row, and at least one fit died in flight.
+    in_flight = 0
     for cid in moved | b_clients:
-        assert status[(2, cid)] == "actor_died", clients_before[clients_before["client_id"] == cid]
-    later = clients_before[clients_before["round"] > 2]
-    for cid in moved:  # then trained on the surviving tier_a node, re-downloading the model it lost
-        rows = later[later["client_id"] == cid]
-        assert (rows["status"] == "ok").all() and (rows["node_id"] == survivor).all(), rows
-        assert rows["base_transfer"].iloc[0] == "full"
-    for cid in b_clients:  # then reported unplaceable every round (not a hang, not a crash)
-        rows = later[later["client_id"] == cid]
-        assert len(rows) >= 1 and (rows["status"] == "unplaceable").all(), rows
-        assert (rows["bytes_down"] == 0).all()
+        rows = clients_before[clients_before["client_id"] == cid].set_index("round")["status"]
+        died = rows.index[rows == "actor_died"].tolist()
+        assert len(died) <= 1 and set(died) <= {2, 3}, rows
+        last_ok = died[0] - 1 if died else 2
+        in_flight += died == [2]
+        assert (rows[rows.index <= last_ok] == "ok").all(), rows
+        later = clients_before[(clients_before["client_id"] == cid) & (clients_before["round"] > last_ok)]
+        later = later[later["status"] != "actor_died"]
+        if cid in moved:  # then trained on the surviving tier_a node, re-downloading the model it lost; until
+            # its new process has started there (runtime/pool.py waits briefly per round) it is unplaceable
+            waiting = later["status"].eq("unplaceable").cummin()
+            trained = later[~waiting]
+            assert len(trained) >= 1 and (trained["status"] == "ok").all(), later
+            assert (trained["node_id"] == survivor).all() and trained["base_transfer"].iloc[0] == "full", (
+                later
+            )
+        else:  # then reported unplaceable every round (not a hang, not a crash)
+            assert len(later) >= 1 and (later["status"] == "unplaceable").all(), later
+            assert (later["bytes_down"] == 0).all()
+    assert in_flight >= 1, clients_before[["round", "client_id", "status"]]
     others = clients_before[~clients_before["client_id"].isin(moved | b_clients)]
     assert (others["status"] == "ok").all()  # clients on the surviving node never noticed
     assert rounds_before["num_aggregated"].iloc[1:].gt(0).all()
@@ -240,7 +258,7 @@ def test_clients_run_on_nodes_of_their_class_survive_lost_nodes_and_resume(
     log = tmp_path / "resume.log"
     _finish(_driver(None, address, log, resume=run_dir), log)
     rounds, clients = read_run(run_dir)
-    assert rounds["round"].tolist() == list(range(9))  # every round once
+    assert rounds["round"].tolist() == list(range(POOLED_ROUNDS + 1))  # every round once
     assert (run_dir / "summary.json").is_file()
     before = clients_before[clients_before["round"] <= kept].reset_index(drop=True)
     pd.testing.assert_frame_equal(clients[clients["round"] <= kept].reset_index(drop=True), before)
