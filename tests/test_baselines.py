@@ -8,7 +8,9 @@ from fedspine_ray.runner import run_experiment
 from .test_e2e_fedspine import fedspine_config
 
 
-def _run(tmp_path, tiny_llama_dir, tiny_text_csv, profiles, method, **overrides):
+def run_method(tmp_path, tiny_llama_dir, tiny_text_csv, profiles, method, **overrides):
+    """``method`` for 3 rounds on the tiny LLaMA and the two test device classes (pruning to 0.4, arms of
+    ratio 0 / 0.5 and rank 2 / 4) through real Ray; the run's (rounds, clients) tables."""
     config = fedspine_config(tiny_llama_dir, tiny_text_csv, tmp_path / method, profiles).with_overrides(
         {
             "method.name": method,
@@ -44,7 +46,7 @@ def test_baselines_run_and_reach_equal_sparsity(
     tmp_path,
     method,
 ):
-    rounds, clients = _run(tmp_path, tiny_llama_dir, tiny_text_csv, profiles_path, method)
+    rounds, clients = run_method(tmp_path, tiny_llama_dir, tiny_text_csv, profiles_path, method)
     assert rounds["round"].tolist() == [0, 1, 2, 3] and (clients["status"] == "ok").all()
     assert rounds["sparsity"].iloc[-1] == pytest.approx(0.4, abs=0.05)  # equal final sparsity
     assert rounds["test_loss"].notna().all()
@@ -67,7 +69,7 @@ def test_baselines_run_and_reach_equal_sparsity(
 
 
 def test_device_side_pruning_through_ray(ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path):
-    rounds, clients = _run(
+    rounds, clients = run_method(
         tmp_path,
         tiny_llama_dir,
         tiny_text_csv,
@@ -85,7 +87,7 @@ def test_no_bandit_ablation_keeps_the_time_model_so_fill_budget_applies(
     ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
 ):
     """fedspine_no_bandit + rounds.fill: arms stay static, the fast devices still fill the round."""
-    rounds, clients = _run(
+    rounds, clients = run_method(
         tmp_path,
         tiny_llama_dir,
         tiny_text_csv,

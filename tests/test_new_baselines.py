@@ -24,6 +24,7 @@ from fedspine_ray.strategies.fedlps import fedlps_reward, soft_accuracy, utility
 from fedspine_ray.strategies.hetlora import energy
 from fedspine_ray.strategies.lora import LoRAStrategy
 
+from .test_baselines import run_method
 from .test_strategies import make_context
 
 
@@ -322,32 +323,10 @@ def test_fedlps_plays_ratios_only_and_rewards_utility_gain_per_second(tiny_llama
 
 
 # ------------------------------------------------------------------ end to end through Ray
-def _run(tmp_path, tiny_llama_dir, tiny_text_csv, profiles, method, **overrides):
-    from fedspine_ray.launch.results import read_run
-    from fedspine_ray.runner import run_experiment
-
-    from .test_e2e_fedspine import fedspine_config
-
-    config = fedspine_config(tiny_llama_dir, tiny_text_csv, tmp_path / method, profiles).with_overrides(
-        {
-            "method.name": method,
-            "training.rounds": 3,
-            "training.local_steps": 4,
-            "pruning.end_fraction": 0.7,
-            "pruning.target_sparsity": 0.4,
-            "bandit.pruning_ratios": [0.0, 0.5],
-            "bandit.ranks": [2, 4],
-            **overrides,
-        }
-    )
-    run_experiment(config, progress=False)
-    return read_run(tmp_path / method)
-
-
 def test_flora_through_ray_merges_every_round_and_devices_derive(
     ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
 ):
-    rounds, clients = _run(tmp_path, tiny_llama_dir, tiny_text_csv, profiles_path, "flora")
+    rounds, clients = run_method(tmp_path, tiny_llama_dir, tiny_text_csv, profiles_path, "flora")
     assert rounds["round"].tolist() == [0, 1, 2, 3] and (clients["status"] == "ok").all()
     assert rounds["test_loss"].notna().all() and (rounds["sparsity"] == 0).all()
     ranks = clients.groupby("device_class")["lora_rank"].max()
@@ -364,7 +343,7 @@ def test_flora_through_ray_merges_every_round_and_devices_derive(
 def test_hetlora_published_options_through_ray(
     ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
 ):
-    rounds, clients = _run(
+    rounds, clients = run_method(
         tmp_path,
         tiny_llama_dir,
         tiny_text_csv,
@@ -388,7 +367,7 @@ def test_hetlora_published_options_through_ray(
 def test_fedlps_through_ray_reaches_equal_sparsity_at_one_rank(
     ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
 ):
-    rounds, clients = _run(
+    rounds, clients = run_method(
         tmp_path, tiny_llama_dir, tiny_text_csv, profiles_path, "fedlps", **{"lora.rank": 4}
     )
     assert (clients["status"] == "ok").all() and rounds["test_loss"].notna().all()
@@ -400,7 +379,7 @@ def test_fedlps_through_ray_reaches_equal_sparsity_at_one_rank(
 def test_legend_through_ray_trains_the_top_blocks_of_weak_devices(
     ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
 ):
-    rounds, clients = _run(tmp_path, tiny_llama_dir, tiny_text_csv, profiles_path, "legend")
+    rounds, clients = run_method(tmp_path, tiny_llama_dir, tiny_text_csv, profiles_path, "legend")
     assert (clients["status"] == "ok").all() and rounds["test_loss"].notna().all()
     assert (rounds["sparsity"] == 0).all() and rounds["mean_lora_depth"].iloc[1:].eq(1.5).all()
     by_class = clients.groupby("device_class")

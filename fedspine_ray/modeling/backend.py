@@ -228,9 +228,7 @@ class DeepSpeedBackend:
         """Taylor scores from one backward pass under ZeRO; data-free methods need no engine."""
         if method != "taylor":
             return compute_importance(model, method, batches)
-        if batches is None:
-            raise ValueError("taylor importance needs calibration batches (dicts with input_ids/labels)")
-        return taylor_from_gradients(model, self._full_gradients(model, list(batches)))
+        return taylor_from_gradients(model, self._full_gradients(model, taylor_batches(batches)))
 
     def _full_gradients(self, model: nn.Module, batches: list[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """``d(sum of batch losses)/dw`` for every parameter, gathered from ZeRO's partitions.
@@ -239,8 +237,6 @@ class DeepSpeedBackend:
         partitions across backward passes without a step, ZeRO-2 does not, and a single pass gives the
         same sum under both.
         """
-        if not batches:
-            raise ValueError("taylor importance got an empty batch iterable")
         grads = self.local_gradients(model, batches, [1.0] * len(batches))
         assert grads is not None  # a one-process group's rank 0
         return grads
@@ -309,6 +305,17 @@ class DeepSpeedBackend:
 
 
 ServerBackend = TorchBackend | DeepSpeedBackend
+
+
+def taylor_batches(batches: Iterable[Mapping[str, Any]] | None) -> list[Mapping[str, Any]]:
+    """The calibration batches a distributed Taylor pass needs, as a list; missing or empty ones fail here,
+    once for every backend, rather than as a hang or a zero gradient inside an engine or a rank group."""
+    if batches is None:
+        raise ValueError("taylor importance needs calibration batches (dicts with input_ids/labels)")
+    data = list(batches)
+    if not data:
+        raise ValueError("taylor importance got an empty batch iterable")
+    return data
 
 
 def taylor_from_gradients(model: nn.Module, grads: Mapping[str, torch.Tensor]) -> UnitImportance:

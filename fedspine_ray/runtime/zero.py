@@ -41,6 +41,7 @@ from fedspine_ray.modeling.backend import (
     ServerBackend,
     build_backend,
     free_port,
+    taylor_batches,
     taylor_from_gradients,
 )
 from fedspine_ray.pruning import UnitImportance, compute_importance
@@ -167,11 +168,7 @@ class ZeroGroupBackend:
         """Taylor scores from the group's gradients of the summed calibration losses (module docstring)."""
         if method != "taylor":
             return compute_importance(model, method, batches)
-        if batches is None:
-            raise ValueError("taylor importance needs calibration batches (dicts with input_ids/labels)")
-        data = list(batches)
-        if not data:
-            raise ValueError("taylor importance got an empty batch iterable")
+        data = taylor_batches(batches)
         size = len(self.ranks)
         per_rank = math.ceil(len(data) / size)
         ref = ray.put(model)
