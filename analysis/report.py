@@ -269,7 +269,10 @@ def _tta_view(tta: pd.DataFrame) -> pd.DataFrame:
 
 def _speed_view(speed: pd.DataFrame) -> pd.DataFrame:
     return _by_target(
-        speed, lambda r: f"{_fmt(r.speedup, r.ci_low, r.ci_high)}x {r.verdict} ({r.pairs} pairs)"
+        speed,
+        lambda r: f"n/a ({r.pairs} pairs)"
+        if math.isnan(r.speedup)
+        else f"{_fmt(r.speedup, r.ci_low, r.ci_high)}x {r.verdict} ({r.pairs} pairs)",
     )
 
 
@@ -382,7 +385,7 @@ def _accuracy_notes(
         else:
             relation = "higher, intervals apart" if mine.mean > other.mean else "lower, intervals apart"
         where = (
-            "at equal sparsity" if equal else f"not equal sparsity: {other_sparsity:.3g} vs {sparsity:.3g}"
+            "at equal sparsity" if equal else f"not equal sparsity: {sparsity:.3g} vs {other_sparsity:.3g}"
         )
         notes.append(
             f"{label} accuracy {focus} {mine.mean:.3f} vs {variant} {other.mean:.3f} ({where}): {relation}."

@@ -389,7 +389,7 @@ def test_comparison_report_writes_summary_plots_and_findings(seeded_runs, tmp_pa
     assert "fedspine vs fedit to accuracy 0.6: 2.15 [" in text and "faster" in text
     assert "Seeds per variant: 3-3" in text and "dominated by compute" in text
     assert "WARNING" not in text  # the OOM client is a simulated outcome, not a host failure
-    assert "(not equal sparsity: 0 vs 0.3)" in text  # fedit is dense: no equal-sparsity claim
+    assert "vs fedit 0.630 (not equal sparsity: 0.3 vs 0)" in text  # fedit is dense: no equal-sparsity claim
     # a trial that died after round 0 is left out (not a seed with its untrained accuracy)
     write_run(seeded_runs / "trial-died", round_rows("fedit", [0.1], [0.0]), [])
     # a client actor killed by the host: warned about, since its rounds had fewer devices

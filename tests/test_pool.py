@@ -1,6 +1,7 @@
 """Pooled placement (runtime/pool.py): virtual clients on per-class worker pools, through real Ray."""
 
 import os
+import time
 
 import pandas as pd
 import pytest
@@ -158,6 +159,33 @@ def test_a_killed_pool_worker_fails_its_clients_for_the_round_and_is_replaced(
     assert rounds["num_aggregated"].tolist() == [0, 4, 2, 4]
     transfer = clients.set_index(["round", "client_id"])["base_transfer"]
     assert transfer[(3, 0)] == "full" and transfer[(3, 1)] == "cached"  # lost state is re-downloaded
+
+
+def test_a_replacement_no_live_node_can_host_is_given_up_at_once_not_after_the_start_timeout(ray_session):
+    """A node that dies unseen: the replacement was asked for while it still looked alive, then Ray holds the
+    now-infeasible request pending. The wait polls the live nodes and stops instead of blocking the round."""
+    import ray
+
+    from fedspine_ray.runtime.pool import _Processes
+
+    @ray.remote(num_cpus=0, resources={"fedspine_gone_class": 1})
+    class Never:
+        def ready(self) -> dict:
+            return {"node_id": "x"}
+
+    @ray.remote(num_cpus=0)
+    class Starts:
+        def ready(self) -> dict:
+            return {"node_id": "here"}
+
+    waiting = _Processes()
+    waiting.timeout = 120.0
+    actor = Never.remote()
+    began = time.monotonic()
+    assert waiting._started(actor, {"resources": {"fedspine_gone_class": 1}}, poll_s=0.2) is None
+    assert time.monotonic() - began < 30  # not the 120 s timeout
+    ray.kill(actor)
+    assert waiting._started(Starts.remote(), {"num_cpus": 0}) == {"node_id": "here"}
 
 
 def test_device_state_shares_bases_and_copies_on_write():

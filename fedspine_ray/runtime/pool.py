@@ -238,14 +238,13 @@ class _Processes:
             self._unplaceable.add(key)
             return None
         actor = self._spawn(key, self._name(key, "pool" if isinstance(key, tuple) else "client"))
-        try:
-            info = ray.get(actor.ready.remote(), timeout=self.timeout)
-        except (GetTimeoutError, RayActorError):
+        info = self._started(actor, options)
+        if info is None:
             ray.kill(actor)
             if key not in self._unplaceable:
                 log.warning(
-                    "process %s of %d clients did not start within runtime.actor_start_timeout_s=%gs; its "
-                    "clients are unplaceable this round",
+                    "process %s of %d clients did not start (runtime.actor_start_timeout_s=%gs, or every node "
+                    "that could host it was lost while it started); its clients are unplaceable this round",
                     key,
                     len(clients),
                     self.timeout,
@@ -256,6 +255,24 @@ class _Processes:
         self._unplaceable.discard(key)
         log.warning("process %s of %d clients restarted on node %s", key, len(clients), info["node_id"][:12])
         return actor
+
+    def _started(self, actor: Any, options: dict[str, Any], poll_s: float = 1.0) -> dict[str, Any] | None:
+        """The started process's ``ready()`` info, or None if it fails, outlives ``self.timeout``, or no live
+        node can host it any more. The last matters when a node dies unseen: a replacement asked for just
+        before the cluster records the death is scheduled there, and once the node is gone Ray keeps the
+        infeasible request pending, so waiting out the whole timeout would stall the round for nothing."""
+        ref = actor.ready.remote()
+        deadline = time.monotonic() + self.timeout
+        while (left := deadline - time.monotonic()) > 0:
+            done, _ = ray.wait([ref], timeout=min(poll_s, left))
+            if done:
+                try:
+                    return ray.get(ref)
+                except RayActorError:
+                    return None
+            if not can_host(options, live_nodes()):
+                return None
+        return None
 
     @property
     def unplaceable(self) -> set[int]:
