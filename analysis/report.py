@@ -270,9 +270,11 @@ def _tta_view(tta: pd.DataFrame) -> pd.DataFrame:
 def _speed_view(speed: pd.DataFrame) -> pd.DataFrame:
     return _by_target(
         speed,
-        lambda r: f"n/a ({r.pairs} pairs)"
-        if math.isnan(r.speedup)
-        else f"{_fmt(r.speedup, r.ci_low, r.ci_high)}x {r.verdict} ({r.pairs} pairs)",
+        lambda r: (
+            f"n/a ({r.pairs} pairs)"
+            if math.isnan(r.speedup)
+            else f"{_fmt(r.speedup, r.ci_low, r.ci_high)}x {r.verdict} ({r.pairs} pairs)"
+        ),
     )
 
 

@@ -252,7 +252,10 @@ def test_clients_run_on_nodes_of_their_class_survive_lost_nodes_and_resume(
     # was on a lost node), and a later round trains again
     ok_per_round = clients_before[clients_before["status"] == "ok"].groupby("round").size()
     aggregated = rounds_before.set_index("round")["num_aggregated"].iloc[1:]
-    assert aggregated.eq(ok_per_round.reindex(aggregated.index, fill_value=0)).all(), (aggregated, ok_per_round)
+    assert aggregated.eq(ok_per_round.reindex(aggregated.index, fill_value=0)).all(), (
+        aggregated,
+        ok_per_round,
+    )
     assert aggregated.iloc[-1] > 0
 
     # ---- a tier_b node joins again; resume the killed run on the cluster
