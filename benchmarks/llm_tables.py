@@ -3,14 +3,18 @@
 ``analysis.report`` compares accuracy and time; on the LLM scenarios (tune_configs/llm_comparison*.yaml) the
 question is also *who trained*: dense methods' TX2s and Xavier NXs fail with ``oom`` every round, and with the
 device-correlated partition they alone hold a class. From run directories (``sweeps/<name>/runs/*``) this prints
-two Markdown tables, mean over seeds per variant (``analysis.tables.load_runs`` names variants and seeds):
+Markdown tables, mean over seeds per variant (``analysis.tables.load_runs`` names variants and seeds):
 
 * devices included: how many distinct devices trained at least once, and per device class the share of its
   (device, round) tasks that trained (``status == ok``) and that ran out of memory (``oom``);
 * per-class accuracy of the last round (the whole test split): ``test_accuracy`` and every
-  ``test_accuracy_class_<label>`` column (docs/results.md), mean and standard deviation over seeds.
+  ``test_accuracy_class_<label>`` column (docs/results.md), mean and standard deviation over seeds;
+* for instruction tuning (rows with ``test_perplexity``): answer perplexity at round 0, at the last round and at
+  its best, and the simulated time to each ``--ppl-target`` (time-to-perplexity, the instruction config's speed
+  metric, which ``analysis.report``'s accuracy targets do not cover). Rounds between full evaluations score a
+  fixed subset (``eval_samples``), so a time to target is read off those estimates.
 
-Usage: python benchmarks/llm_tables.py "sweeps/llm_comparison/runs/*" [--json-out FILE]
+Usage: python benchmarks/llm_tables.py "sweeps/llm_comparison/runs/*" [--ppl-target P ...] [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -57,6 +61,28 @@ def per_class_accuracy(rounds: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index()
 
 
+def perplexity_table(rounds: pd.DataFrame, targets: list[float]) -> pd.DataFrame:
+    """Per variant: answer perplexity (start, last, best; mean over seeds) and simulated s to each target.
+
+    A target's cell is the mean time over the seeds that reached it, with how many did (``never`` if none):
+    averaging only the seeds that got there would otherwise hide the ones that did not.
+    """
+    rows = []
+    for variant, runs in rounds.groupby("variant"):
+        per_seed = [seed_rows.sort_values("round") for _, seed_rows in runs.groupby("seed")]
+        row: dict[str, Any] = {"variant": variant, "seeds": len(per_seed)}
+        row["ppl_round0"] = float(pd.Series([r["test_perplexity"].iloc[0] for r in per_seed]).mean())
+        row["ppl_last"] = float(pd.Series([r["test_perplexity"].iloc[-1] for r in per_seed]).mean())
+        row["ppl_best"] = float(pd.Series([r["test_perplexity"].min() for r in per_seed]).mean())
+        for target in targets:
+            reached = [r.loc[r["test_perplexity"] <= target, "sim_time_s"].min() for r in per_seed]
+            times = [t for t in reached if pd.notna(t)]
+            cell = f"{sum(times) / len(times):.1f} ({len(times)}/{len(per_seed)})" if times else "never"
+            row[f"s_to_ppl_{target:g}"] = cell
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _markdown(frame: pd.DataFrame) -> str:
     cells = [
         [f"{v:.3f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)
@@ -68,6 +94,9 @@ def _markdown(frame: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run directories or glob patterns")
+    parser.add_argument(
+        "--ppl-target", type=float, action="append", default=[], help="answer perplexity target"
+    )
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
     rounds, clients = load_runs(args.runs)
@@ -76,8 +105,15 @@ def main(argv: list[str] | None = None) -> int:
     print(_markdown(included))
     print("\n## Last round's accuracy per class (whole test split; mean and sd over seeds)\n")
     print(_markdown(accuracy))
+    payload = {"devices_included": included.to_dict("records"), "per_class": accuracy.to_dict("records")}
+    if "test_perplexity" in rounds and rounds["test_perplexity"].notna().any():
+        perplexity = perplexity_table(rounds, sorted(args.ppl_target, reverse=True))
+        print(
+            "\n## Answer perplexity (mean over seeds) and simulated s to each target (seeds that reached it)\n"
+        )
+        print(_markdown(perplexity))
+        payload["perplexity"] = perplexity.to_dict("records")
     if args.json_out:
-        payload = {"devices_included": included.to_dict("records"), "per_class": accuracy.to_dict("records")}
         args.json_out.write_text(json.dumps(payload, indent=2, default=float))
     return 0
 
