@@ -382,7 +382,9 @@ def _accuracy_notes(
             continue  # a variant whose runs all ended before --horizon has nothing to compare there
         other_sparsity = rows.loc[variant, sparsity_column]
         equal = abs(other_sparsity - sparsity) <= 0.02
-        if mine.overlaps(other):
+        if min(mine.n, other.n) < 2:
+            relation = "one seed on a side, no interval (not resolved)"
+        elif mine.overlaps(other):
             relation = "intervals overlap (not resolved)"
         else:
             relation = "higher, intervals apart" if mine.mean > other.mean else "lower, intervals apart"

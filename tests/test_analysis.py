@@ -542,6 +542,16 @@ def test_paired_table_compares_each_variant_with_the_baseline_seed_by_seed(seede
     assert any(n.startswith("final accuracy fedspine - fedit paired by seed: +0.00667") for n in built.notes)
 
 
+def test_unpaired_note_says_one_seed_has_no_interval(seeded_runs):
+    """fedspine has 3 seeds, each hetlora variant one: no interval exists there, so none may be called overlapping."""
+    rounds, clients = tables.load_runs(seeded_runs / "*")
+    built = report.build_report(rounds, clients, targets=[0.6])
+    one_seed = [n for n in built.notes if n.startswith("final accuracy fedspine") and " vs hetlora" in n]
+    three_seeds = [n for n in built.notes if n.startswith("final accuracy fedspine") and " vs fedit " in n]
+    assert one_seed and all(n.endswith("one seed on a side, no interval (not resolved).") for n in one_seed)
+    assert three_seeds and all("one seed" not in n for n in three_seeds)
+
+
 def test_fedspine_report_is_a_subcommand_of_the_installed_cli(seeded_runs, tmp_path, capsys):
     from fedspine_ray.cli import main
 
