@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedspine_ray.config import config_from_dict
+from fedspine_ray.modeling.backend import TorchBackend
 from fedspine_ray.modeling.loading import head_module_names, load_classifier, lora_targets
 from fedspine_ray.pruning import prunable_units
 from fedspine_ray.strategies import ServerContext, build_strategy
@@ -182,6 +183,62 @@ def test_carried_adapters_survive_a_prune_exactly_and_devices_replay_nothing(tin
     held.eval()
     expected.eval()
     torch.testing.assert_close(held(**inputs).logits, expected(**inputs).logits, atol=1e-5, rtol=1e-4)
+
+
+class CountingBackend(TorchBackend):
+    """The torch backend, recording every importance pass and the scores it returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes: list = []
+
+    def importance(self, model, method, batches=None):
+        scores = super().importance(model, method, batches)
+        self.passes.append(scores)
+        return scores
+
+
+@pytest.mark.parametrize("rescore", [True, False])
+def test_prune_step_scores_reused_for_submodels_without_a_second_pass(tiny_llama_dir, rescore):
+    """``pruning.rescore_after_prune: false``: the sub-models after a global prune step are ranked by the
+    scores that chose the step, restricted to the surviving units (one Taylor pass instead of two)."""
+    backend = CountingBackend()
+    ctx, _ = make_context(
+        tiny_llama_dir,
+        backend=backend,
+        method={"name": "fedspine"},
+        pruning={
+            "target_sparsity": 0.4,
+            "importance": "taylor",
+            "end_fraction": 1.0,
+            "rescore_after_prune": rescore,
+        },
+        bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
+    )
+    strategy = build_strategy("fedspine")
+    strategy.setup(ctx)
+    generator = torch.Generator().manual_seed(1)
+    strategy.factors = {
+        k: (a, torch.randn(b.shape, generator=generator) * 0.05) for k, (a, b) in strategy.factors.items()
+    }
+    assert strategy.global_prune_step(1)
+    units = prunable_units(ctx.global_model)
+    used = strategy.importance()
+    assert len(backend.passes) == (2 if rescore else 1)
+    for i in range(len(units.mlp_channels)):  # scores match the pruned model's unit counts either way
+        assert used.attention[i].numel() == units.attention_units[i]
+        assert used.mlp[i].numel() == units.mlp_channels[i]
+    step_scores, kept = backend.passes[0], strategy.global_units  # one step from the unpruned model
+    if not rescore:
+        assert used is strategy.importance()  # cached for the version: no pass when sub-models are cut
+        for i in used.mlp:
+            assert torch.equal(used.mlp[i], step_scores.mlp[i][kept.mlp[i]])
+            assert torch.equal(used.attention[i], step_scores.attention[i][kept.attention[i]])
+    else:
+        assert used is backend.passes[1]
+    build, _ = strategy._submodel(0.5)  # the sub-models are cut from whichever scores are cached
+    assert prunable_units(build()).sparsity > units.sparsity
+    assert len(backend.passes) == (2 if rescore else 1)
 
 
 def test_schedule_reaches_the_target_even_when_prune_every_skips_its_last_round(tiny_llama_dir):

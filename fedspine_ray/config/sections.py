@@ -404,6 +404,12 @@ class PruningConfig:
     #: False: merge the global adapter into the base at every global prune and restart it (B = 0).
     #: True: prune the base as it is and keep the adapter's factors on the surviving units.
     carry_adapters: bool = False
+    #: True: after each global prune step the server scores the pruned model again (``importance``) to rank the
+    #: units it slices the devices' sub-models from. False: it reuses the scores that chose the step, restricted
+    #: to the kept units, so a pruning round costs one server pass instead of two (on SmolLM2 a Taylor pass is
+    #: ~7 CPU-s; benchmarks/README.md, "SmolLM2 round breakdown"). Devices then get units ranked on the model
+    #: one prune step earlier. Ignored when devices report scores (``where: client``).
+    rescore_after_prune: bool = True
 
     def validate(self, where: str) -> None:
         require(0 <= self.target_sparsity < 1, f"{where}.target_sparsity", "must be in [0, 1)")

@@ -70,6 +70,7 @@ _EXPORTS: dict[str, str] = {
         (
             "PruningPlan",
             "identity_plan",
+            "kept_importance",
             "n_keep",
             "plan_for_original_ratio",
             "plan_for_ratio",
@@ -120,6 +121,7 @@ __all__ = [
     "flops_per_token",
     "get_adapter",
     "identity_plan",
+    "kept_importance",
     "layer_shapes",
     "layer_specs",
     "linear_index_map",
@@ -203,6 +205,7 @@ if TYPE_CHECKING:  # pragma: no cover - static analysers see the eager imports
     from .plan import (
         PruningPlan,
         identity_plan,
+        kept_importance,
         n_keep,
         plan_for_original_ratio,
         plan_for_ratio,

@@ -113,6 +113,19 @@ def relative_plan(outer: PruningPlan, inner: PruningPlan) -> PruningPlan | None:
     return rel
 
 
+def kept_importance(importance: UnitImportance, plan: PruningPlan) -> UnitImportance:
+    """``importance`` for the model ``plan`` leaves: each layer's kept units' scores, in their new order.
+
+    The scores must be of the model ``plan`` refers to (its kept indices are positions in them). Ranks a
+    pruned model's units without another scoring pass over it (``pruning.rescore_after_prune: false``).
+    """
+    return UnitImportance(
+        attention={i: importance.attention[i][plan.attention[i]] for i in importance.attention},
+        mlp={i: importance.mlp[i][plan.mlp[i]] for i in importance.mlp},
+        method=importance.method,
+    )
+
+
 def identity_plan(model: nn.Module) -> PruningPlan:
     """Plan that keeps everything (useful as a starting point for ``compose``); empty for a model whose
     architecture the engine cannot prune (it has no units: unpruned methods still keep this bookkeeping)."""

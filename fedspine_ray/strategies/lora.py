@@ -35,6 +35,7 @@ from fedspine_ray.pruning import (
     apply_plan,
     count_parameters,
     identity_plan,
+    kept_importance,
     linear_index_map,
     lora_to_global,
     lora_to_sub,
@@ -485,14 +486,17 @@ class LoRAStrategy(Strategy):
         if target <= prunable_units(model).sparsity + 1e-9:
             return False
 
+        server_scores: list[tuple[UnitImportance, PruningPlan]] = []
+
         def plan(scored: nn.Module) -> PruningPlan:
             importance = self._reported_importance()
+            server_scored = importance is None
             if importance is None:
                 batches = self.ctx.calibration_batches if cfg.importance == "taylor" else None
                 importance = self.ctx.backend.importance(scored, cfg.importance, batches)
             ratio = ratio_for_sparsity(model, target, cfg.protected_layers, cfg.prune_attention)
             units = prunable_units(model)
-            return plan_for_original_ratio(
+            chosen = plan_for_original_ratio(
                 importance,
                 ratio,
                 dict(enumerate(units.original_attention_units)),
@@ -500,8 +504,14 @@ class LoRAStrategy(Strategy):
                 cfg.protected_layers,
                 cfg.prune_attention,
             )
+            if server_scored:
+                server_scores.append((importance, chosen))
+            return chosen
 
         self.merge_and_prune(plan)
+        if server_scores and not cfg.rescore_after_prune:
+            importance, chosen = server_scores[0]
+            self._importance = kept_importance(importance, chosen)  # importance() would run a second pass
         return True
 
     # ------------------------------------------------------------------ merging without pruning (issue 26)
