@@ -252,6 +252,35 @@ def test_flora_merges_the_stack_into_the_base_and_devices_replay_it(tiny_llama_d
     assert sorted(strategy.merge_log) == [2]
 
 
+def test_flora_server_lr_scales_the_merged_stack_and_the_replayed_merge(tiny_llama_dir):
+    """``method.flora.server_lr: 0.5``: the base moves by half the stacked product, and a device replaying
+    the merge log reaches exactly the server's base (the log holds the scaled step)."""
+    ctx, _ = make_context(
+        tiny_llama_dir, method={"name": "flora", "flora": {"server_lr": 0.5}}, bandit={"ranks": [2, 4]}
+    )
+    ctx.held_base = lambda cid: (0, 0.0)
+    strategy = build_strategy("flora")
+    strategy.setup(ctx)
+    before = copy.deepcopy(ctx.global_model)
+    assignments = strategy.configure_round(1, [0, 1])
+    factors = {cid: _trained(a, cid) for cid, a in assignments.items()}
+    strategy.aggregate_round(1, [_outcome(cid, assignments[cid], ctx, f) for cid, f in factors.items()])
+    merged = _weights(ctx.global_model)
+    for module in factors[0]:
+        full = sum(w * factors[cid][module][1] @ factors[cid][module][0] for w, cid in ((0.25, 0), (0.75, 1)))
+        torch.testing.assert_close(
+            merged[module], _weights(before)[module] + 0.5 * full, rtol=1e-5, atol=1e-6
+        )
+    strategy.configure_round(2, [0, 1])
+    derivation = strategy.derivation((0, 0.0), (1, 0.0))
+    assert derivation is not None
+    replayed = copy.deepcopy(before)
+    for merge in derivation.merges:
+        merge_lora_delta(replayed, merge)
+    for module, weight in _weights(replayed).items():
+        torch.testing.assert_close(weight, merged[module], rtol=0, atol=1e-6)
+
+
 def test_legend_gives_weak_devices_the_top_blocks_with_ranks_rising_to_the_output(tiny_llama_dir):
     ctx, _ = make_context(tiny_llama_dir, method={"name": "legend"}, bandit={"ranks": [2, 4]})
     strategy = build_strategy("legend")
@@ -439,6 +468,7 @@ def test_flora_resumes_after_a_crash_with_the_uninterrupted_metrics(
         ({"method.legend.min_depth": 0}, "method.legend.min_depth"),
         ({"method.legend.min_depth": 3, "method.legend.max_depth": 2}, "method.legend.max_depth"),
         ({"method.name": "fedit", "method.aggregation": "flora"}, "method.aggregation"),
+        ({"method.flora.server_lr": 0.0}, "method.flora.server_lr"),
     ],
 )
 def test_bad_options_name_the_field(overrides, field):

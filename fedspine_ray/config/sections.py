@@ -647,6 +647,22 @@ class LegendOptions:
 
 
 @dataclass(frozen=True)
+class FLoRAOptions:
+    """The ``flora`` baseline's merge (Wang et al., NeurIPS 2024; docs/baselines.md)."""
+
+    #: Server step size: the base receives ``server_lr`` times the stacked update ``sum_k p_k B_k A_k`` each
+    #: round. 1.0 is the paper's merge (the exact average of the local products); below 1 damps it, like a
+    #: server learning rate in FedOpt, for filled rounds whose long local runs overshoot (docs/baselines.md,
+    #: "Measured: movies"). Not in the paper.
+    server_lr: float = 1.0
+
+    def validate(self, where: str) -> None:
+        require(
+            0 < self.server_lr <= 10, f"{where}.server_lr", "must be in (0, 10]; 1.0 is the paper's merge"
+        )
+
+
+@dataclass(frozen=True)
 class MethodConfig:
     """Which federated strategy runs and how it aggregates (``method.name``: see ``STRATEGIES``)."""
 
@@ -680,11 +696,14 @@ class MethodConfig:
     fedlps: FedLPSOptions = field(default_factory=FedLPSOptions)
     #: ``legend``'s LoRA depth and per-block ranks (docs/baselines.md).
     legend: LegendOptions = field(default_factory=LegendOptions)
+    #: ``flora``'s server step size on the stacked merge (docs/baselines.md).
+    flora: FLoRAOptions = field(default_factory=FLoRAOptions)
 
     def validate(self, where: str) -> None:
         self.hetlora.validate(f"{where}.hetlora")
         self.fedlps.validate(f"{where}.fedlps")
         self.legend.validate(f"{where}.legend")
+        self.flora.validate(f"{where}.flora")
         require(
             self.fixed_ratio is None or 0 <= self.fixed_ratio < 1,
             f"{where}.fixed_ratio",

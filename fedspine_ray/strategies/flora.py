@@ -55,6 +55,9 @@ class FLoRA(CapacityRanked):
     def after_aggregation(self, rnd: int, outcomes: Sequence[ClientOutcome]) -> dict[str, float]:
         """Merge the stacked adapter into the base (a new global version) and reset the global adapter.
 
+        ``method.flora.server_lr`` scales the merged update (1.0, the paper's, merges the stack as it is); the
+        scaled factors are what the merge log holds, so devices replay the same step.
+
         ``self.factors`` holds the stack (rank ``sum_k r_k``) when some client was usable; afterwards it is a
         zero-``B`` adapter, so evaluation, a prune step (``method.prune_global``) and the next round all see
         the merged base alone.
@@ -62,7 +65,9 @@ class FLoRA(CapacityRanked):
         stacked_rank = 0
         if any(o.usable for o in outcomes):
             stacked_rank = max(a.shape[0] for a, _ in self.factors.values())
-            self.merge_into_base(self.factors)
+            step = self.ctx.config.method.flora.server_lr
+            update = self.factors if step == 1.0 else {k: (a, b * step) for k, (a, b) in self.factors.items()}
+            self.merge_into_base(update)
         self.factors = self._fresh_factors(seed=self.ctx.config.seed + self.version)
         self._forget_unneeded_merges()
         return {"stacked_rank": float(stacked_rank)}
