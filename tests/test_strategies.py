@@ -126,30 +126,38 @@ def test_baselines_prune_globally_only_when_asked(tiny_llama_dir, prune_global):
         assert "pruned_this_round" not in metrics and sparsity == 0.0
 
 
+def fedspine_one_prune_step(model_dir, backend=None, **pruning):
+    """FedSpine set up on ``model_dir`` whose first global prune step goes to sparsity 0.4 (Taylor scores):
+    returns the context, its batch and the strategy. ``pruning`` adds to the pruning section."""
+    ctx, batch = make_context(
+        model_dir,
+        backend=backend,
+        method={"name": "fedspine"},
+        pruning={"target_sparsity": 0.4, "importance": "taylor", "end_fraction": 1.0, **pruning},
+        bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
+    )
+    strategy = build_strategy("fedspine")
+    strategy.setup(ctx)
+    return ctx, batch, strategy
+
+
+def give_b_values(strategy) -> None:
+    """Non-zero, seeded B factors on the global adapter, so a merge changes the model."""
+    generator = torch.Generator().manual_seed(1)
+    strategy.factors = {
+        k: (a, torch.randn(b.shape, generator=generator) * 0.05) for k, (a, b) in strategy.factors.items()
+    }
+
+
 def test_carried_adapters_survive_a_prune_exactly_and_devices_replay_nothing(tiny_llama_dir):
     """``pruning.carry_adapters``: the pruned model computes what merge-then-prune computes (same plan,
     scored with the adapter merged), but the adapter keeps its non-zero factors instead of restarting."""
     models = {}
     for carry in (False, True):
-        ctx, batch = make_context(
-            tiny_llama_dir,
-            method={"name": "fedspine"},
-            pruning={
-                "target_sparsity": 0.4,
-                "importance": "taylor",
-                "end_fraction": 1.0,
-                "carry_adapters": carry,
-            },
-            bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
-        )
-        strategy = build_strategy("fedspine")
-        strategy.setup(ctx)
+        ctx, batch, strategy = fedspine_one_prune_step(tiny_llama_dir, carry_adapters=carry)
         build, _ = strategy._submodel(0.0)
         held = copy.deepcopy(build())
-        generator = torch.Generator().manual_seed(1)
-        strategy.factors = {
-            k: (a, torch.randn(b.shape, generator=generator) * 0.05) for k, (a, b) in strategy.factors.items()
-        }
+        give_b_values(strategy)
         before = copy.deepcopy(strategy.factors)
         assert strategy.global_prune_step(1)
         models[carry] = (strategy, held, before)
@@ -203,24 +211,8 @@ def test_prune_step_scores_reused_for_submodels_without_a_second_pass(tiny_llama
     """``pruning.rescore_after_prune: false``: the sub-models after a global prune step are ranked by the
     scores that chose the step, restricted to the surviving units (one Taylor pass instead of two)."""
     backend = CountingBackend()
-    ctx, _ = make_context(
-        tiny_llama_dir,
-        backend=backend,
-        method={"name": "fedspine"},
-        pruning={
-            "target_sparsity": 0.4,
-            "importance": "taylor",
-            "end_fraction": 1.0,
-            "rescore_after_prune": rescore,
-        },
-        bandit={"pruning_ratios": [0.0, 0.5], "ranks": [4]},
-    )
-    strategy = build_strategy("fedspine")
-    strategy.setup(ctx)
-    generator = torch.Generator().manual_seed(1)
-    strategy.factors = {
-        k: (a, torch.randn(b.shape, generator=generator) * 0.05) for k, (a, b) in strategy.factors.items()
-    }
+    ctx, _, strategy = fedspine_one_prune_step(tiny_llama_dir, backend, rescore_after_prune=rescore)
+    give_b_values(strategy)
     assert strategy.global_prune_step(1)
     units = prunable_units(ctx.global_model)
     used = strategy.importance()
