@@ -8,7 +8,9 @@ Markdown tables, mean over seeds per variant (``analysis.tables.load_runs`` name
 * devices included: how many distinct devices trained at least once, and per device class the share of its
   (device, round) tasks that trained (``status == ok``) and that ran out of memory (``oom``);
 * per-class accuracy of the last round (the whole test split): ``test_accuracy`` and every
-  ``test_accuracy_class_<label>`` column (docs/results.md), mean and standard deviation over seeds;
+  ``test_accuracy_class_<label>`` column (docs/results.md), mean and standard deviation over seeds, and the
+  answer loss per class (``test_loss_class_<label>``, where the runs have it): a rare class can gain likelihood
+  before it wins an argmax;
 * for instruction tuning (rows with ``test_perplexity``): answer perplexity at round 0, at the last round and at
   its best, and the simulated time to each ``--ppl-target`` (time-to-perplexity, the instruction config's speed
   metric, which ``analysis.report``'s accuracy targets do not cover). Rounds between full evaluations score a
@@ -49,10 +51,12 @@ def devices_included(clients: pd.DataFrame) -> pd.DataFrame:
     return per_seed.drop(columns="seed").groupby("variant").mean().reset_index()
 
 
-def per_class_accuracy(rounds: pd.DataFrame) -> pd.DataFrame:
-    """Last round's accuracy columns per variant: mean and standard deviation over seeds."""
+def per_class_table(rounds: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Last round's ``test_<metric>`` and ``test_<metric>_class_*`` columns per variant: mean and standard
+    deviation over seeds."""
     last = rounds.loc[rounds.groupby(["variant", "seed"])["round"].idxmax()]
-    columns = ["test_accuracy", *sorted(c for c in last.columns if c.startswith("test_accuracy_class_"))]
+    prefix = f"test_{metric}_class_"
+    columns = [f"test_{metric}", *sorted(c for c in last.columns if c.startswith(prefix))]
     grouped = last.groupby("variant")[columns]
     table = grouped.mean().add_suffix("_mean").join(grouped.std().add_suffix("_sd"))
     table.insert(0, "seeds", last.groupby("variant")["seed"].nunique())
@@ -100,12 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
     rounds, clients = load_runs(args.runs)
-    included, accuracy = devices_included(clients), per_class_accuracy(rounds)
+    included, accuracy = devices_included(clients), per_class_table(rounds)
     print("## Devices included (mean over seeds)\n")
     print(_markdown(included))
     print("\n## Last round's accuracy per class (whole test split; mean and sd over seeds)\n")
     print(_markdown(accuracy))
     payload = {"devices_included": included.to_dict("records"), "per_class": accuracy.to_dict("records")}
+    if any(c.startswith("test_loss_class_") for c in rounds.columns):
+        loss = per_class_table(rounds, "loss")
+        print("\n## Last round's answer loss per class (whole test split; mean and sd over seeds)\n")
+        print(_markdown(loss))
+        payload["per_class_loss"] = loss.to_dict("records")
     if "test_perplexity" in rounds and rounds["test_perplexity"].notna().any():
         perplexity = perplexity_table(rounds, sorted(args.ppl_target, reverse=True))
         print(

@@ -171,6 +171,34 @@ def test_instruction_files_train_on_the_response_and_eos(tiny_llama_dir, tok, tm
         config_from_dict({"task": {"kind": "seq2seq"}})
 
 
+@pytest.mark.parametrize(
+    "words",
+    [{"negative": "bad", "positive": "good"}, {"negative": "not good", "positive": "very good indeed"}],
+)
+def test_per_class_answer_loss_is_the_answer_loss_of_each_class(
+    tiny_llama_dir, tiny_text_csv, tok, lm, words
+):
+    """``test_loss_class_<label>`` is ``answer_loss`` over that class's examples alone, and ``test_loss``, read
+    off the label scores, is ``answer_loss`` over the split: for one- and multi-token label words."""
+    config = config_from_dict(
+        {
+            "model": {"path": str(tiny_llama_dir), "max_seq_len": 48},
+            "data": {"source": "files", "train_path": str(tiny_text_csv), "max_test_samples": 20},
+            "task": {"kind": "causal_lm", "label_words": words},
+        }
+    )
+    task = CausalLMTask(config.task)
+    test = task.prepare(config, tok).test
+    metrics = task.evaluate_metrics(lm, test, 8)
+    counts = torch.bincount(test.class_labels, minlength=2)
+    assert counts.min() > 0
+    for index, label in enumerate(["negative", "positive"]):
+        members = np.flatnonzero(test.class_labels.numpy() == index)
+        expected, _ = answer_loss(lm, test.subset(members), batch_size=8)
+        assert metrics[f"test_loss_class_{label}"] == pytest.approx(expected, abs=1e-5)
+    assert metrics["test_loss"] == pytest.approx(answer_loss(lm, test, batch_size=8)[0], abs=1e-5)
+
+
 def test_rotten_tomatoes_is_split_by_movie_and_drops_plot_rows():
     import importlib.util
     from pathlib import Path

@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "llm_tables.py"
 _SPEC = importlib.util.spec_from_file_location("llm_tables", _PATH)
@@ -42,3 +43,21 @@ def test_time_to_perplexity_averages_the_seeds_that_reached_it_and_counts_them()
     assert spine["s_to_ppl_6"] == "23.0 (2/2)"
     assert spine["s_to_ppl_4.5"] == "20.0 (1/2)"
     assert fedit["s_to_ppl_6"] == "never" and fedit["ppl_last"] == 7.5
+
+
+def test_per_class_table_takes_each_runs_last_round_and_the_asked_metric() -> None:
+    rounds = pd.DataFrame(
+        {
+            "variant": ["a", "a", "a", "a"],
+            "seed": [0, 0, 1, 1],
+            "round": [0, 1, 0, 1],
+            "test_loss": [3.0, 1.0, 3.0, 2.0],
+            "test_loss_class_pos": [4.0, 2.0, 4.0, 3.0],
+            "test_accuracy": [0.1, 0.5, 0.1, 0.7],
+        }
+    )
+    table = llm_tables.per_class_table(rounds, "loss").set_index("variant").loc["a"]
+    assert table["seeds"] == 2
+    assert table["test_loss_mean"] == 1.5 and table["test_loss_class_pos_mean"] == 2.5
+    assert table["test_loss_class_pos_sd"] == pytest.approx(0.7071, abs=1e-4)
+    assert "test_accuracy_mean" not in table

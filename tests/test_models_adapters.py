@@ -80,3 +80,40 @@ def test_malformed_updates_are_rejected_with_the_module_named():
         validate_update(nan, shapes, client=3, max_rank=2)
     with pytest.raises(InvalidUpdateError, match="missing"):
         validate_update({}, shapes, client=3, allow_missing=False)
+
+
+def test_classifier_per_class_loss_and_accuracy_are_each_class_alone():
+    """ClassificationTask's ``test_loss_class_<label>`` / ``test_accuracy_class_<label>``: the model's
+    cross-entropy and accuracy over one class's examples, computed here from its logits by hand."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from fedspine_ray.data.tokens import TokenizedSplit
+    from fedspine_ray.modeling.tasks import ClassificationTask
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32,
+        num_attention_heads=4,
+        num_hidden_layers=1,
+        intermediate_size=64,
+        vocab_size=100,
+        num_labels=3,
+    )
+    model = BertForSequenceClassification(config).eval()
+    ids = torch.randint(5, 100, (11, 9))
+    labels = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 0, 1, 0])
+    test = TokenizedSplit(ids, torch.ones_like(ids), labels)
+    task = ClassificationTask()
+    task.label_names = ["Neg", "neu tral", "pos"]
+    metrics = task.evaluate_metrics(model, test, batch_size=4)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    for index, column in enumerate(["neg", "neu_tral", "pos"]):
+        members = labels == index
+        expected_loss = torch.nn.functional.cross_entropy(logits[members], labels[members])
+        expected_accuracy = (logits[members].argmax(-1) == index).float().mean()
+        assert metrics[f"test_loss_class_{column}"] == pytest.approx(float(expected_loss), abs=1e-5)
+        assert metrics[f"test_accuracy_class_{column}"] == pytest.approx(float(expected_accuracy))
+    assert metrics["test_loss"] == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, labels)), abs=1e-5
+    )
