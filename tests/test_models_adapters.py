@@ -85,21 +85,12 @@ def test_malformed_updates_are_rejected_with_the_module_named():
 def test_classifier_per_class_loss_and_accuracy_are_each_class_alone():
     """ClassificationTask's ``test_loss_class_<label>`` / ``test_accuracy_class_<label>``: the model's
     cross-entropy and accuracy over one class's examples, computed here from its logits by hand."""
-    from transformers import BertConfig, BertForSequenceClassification
-
     from fedspine_ray.data.tokens import TokenizedSplit
     from fedspine_ray.modeling.tasks import ClassificationTask
 
-    torch.manual_seed(0)
-    config = BertConfig(
-        hidden_size=32,
-        num_attention_heads=4,
-        num_hidden_layers=1,
-        intermediate_size=64,
-        vocab_size=100,
-        num_labels=3,
-    )
-    model = BertForSequenceClassification(config).eval()
+    from .test_pruning_apply import tiny_bert
+
+    model = tiny_bert(layers=1)
     ids = torch.randint(5, 100, (11, 9))
     labels = torch.tensor([0, 1, 2, 0, 0, 1, 2, 2, 0, 1, 0])
     test = TokenizedSplit(ids, torch.ones_like(ids), labels)

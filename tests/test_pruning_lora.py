@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import functools
 
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from fedspine_ray.modeling.adapters import extract_factors, load_factors
 from fedspine_ray.pruning import (
@@ -20,6 +21,8 @@ from fedspine_ray.pruning import (
     plan_for_ratio,
     prunable_linear_shapes,
 )
+
+from .test_pruning_apply import tiny_bert
 
 
 def tiny_llama() -> LlamaForCausalLM:
@@ -36,23 +39,10 @@ def tiny_llama() -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
-def tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=64,
-        num_attention_heads=8,
-        num_hidden_layers=2,
-        intermediate_size=128,
-        vocab_size=1000,
-        num_labels=3,
-        max_position_embeddings=64,
-    )
-    return BertForSequenceClassification(cfg).eval()
-
-
 CASES = {
     "llama": (tiny_llama, ["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]),
-    "bert": (tiny_bert, ["query", "value", "dense"]),  # "dense" hits attention.output/intermediate/output
+    # "dense" hits attention.output/intermediate/output
+    "bert": (functools.partial(tiny_bert, layers=2), ["query", "value", "dense"]),
 }
 
 

@@ -7,8 +7,6 @@ import copy
 import pytest
 import torch
 from transformers import (
-    BertConfig,
-    BertForSequenceClassification,
     LlamaConfig,
     LlamaForSequenceClassification,
 )
@@ -31,6 +29,8 @@ from fedspine_ray.pruning import (
     sparsity_schedule,
 )
 
+from .test_pruning_apply import tiny_bert
+
 
 def tiny_llama_cls() -> LlamaForSequenceClassification:
     torch.manual_seed(0)
@@ -45,20 +45,6 @@ def tiny_llama_cls() -> LlamaForSequenceClassification:
         num_labels=3,
     )
     return LlamaForSequenceClassification(cfg).eval()
-
-
-def tiny_bert() -> BertForSequenceClassification:
-    torch.manual_seed(0)
-    cfg = BertConfig(
-        hidden_size=64,
-        num_attention_heads=8,
-        num_hidden_layers=3,
-        intermediate_size=128,
-        vocab_size=1000,
-        num_labels=3,
-        max_position_embeddings=64,
-    )
-    return BertForSequenceClassification(cfg).eval()
 
 
 def batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
