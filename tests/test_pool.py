@@ -10,7 +10,13 @@ from fedspine_ray.config import ConfigError, config_from_dict
 from fedspine_ray.devices.population import build_client_devices
 from fedspine_ray.launch.results import read_run
 from fedspine_ray.runner import run_experiment
-from fedspine_ray.runtime.pool import pool_sizes, pool_slots, resolve_placement, worker_devices
+from fedspine_ray.runtime.pool import (
+    check_cluster_fits,
+    pool_sizes,
+    pool_slots,
+    resolve_placement,
+    worker_devices,
+)
 
 from .test_e2e_fedspine import fedspine_config
 from .test_e2e_ray import tiny_config
@@ -45,6 +51,21 @@ def test_pool_affinity_is_fixed_and_covers_every_client_of_its_class():
         devices, {"jetson_tx2": 2, "xavier_nx": 3, "agx_xavier": 1}
     )
     assert len(worker_devices(devices, sizes)) == sum(sizes.values())
+
+
+def test_workers_whose_memory_requests_exceed_the_cluster_fail_at_once_naming_the_fix():
+    # Six SmolLM2 pool workers ask ~3.4 GiB each; a 2-core box's Ray has less than their sum. Without this
+    # check the run waited out runtime.actor_start_timeout_s (300 s) before failing.
+    devices = _devices(6)
+    total = sum(d.actor_options()["memory"] for d in devices)
+    assert total > 0
+    check_cluster_fits(devices, available={"CPU": 8.0, "memory": float(total)})  # exactly fits
+    with pytest.raises(
+        RuntimeError, match=r"6 pool workers request .* GiB of Ray memory .*fix: a smaller clients.pool_size"
+    ):
+        check_cluster_fits(devices, "pool workers", available={"CPU": 8.0, "memory": total / 2})
+    with pytest.raises(RuntimeError, match="CPUs in total"):
+        check_cluster_fits(devices, available={"CPU": 0.1, "memory": float(total)})
 
 
 @pytest.mark.parametrize(

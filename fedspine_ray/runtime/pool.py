@@ -469,15 +469,31 @@ def overlap_by_default(clock: str, available: dict[str, float]) -> bool:
     return clock != "wall" and available.get("CPU", 0.0) >= 1.0
 
 
-def check_cluster_fits(devices: list[ClientDevice], what: str = "client actors") -> None:
-    """Fail fast, naming the shortfall, when the cluster cannot host every client actor at once."""
-    available = ray.cluster_resources()
+def check_cluster_fits(
+    devices: list[ClientDevice], what: str = "client actors", available: dict[str, float] | None = None
+) -> None:
+    """Fail fast, naming the shortfall, when the cluster cannot host every client actor at once.
+
+    ``available``: the cluster's total resources (default ``ray.cluster_resources()``). Without these checks
+    an unhostable request waits out ``runtime.actor_start_timeout_s`` (300 s by default) before failing.
+    """
+    available = ray.cluster_resources() if available is None else available
     needed_cpus = sum(d.num_cpus for d in devices)
     if needed_cpus > available.get("CPU", 0) + 1e-9:
         raise RuntimeError(
             f"{len(devices)} {what} request {needed_cpus:g} CPUs in total but the Ray cluster has "
             f"{available.get('CPU', 0):g}; fix: lower clients.resources[].num_cpus (or the device profiles' "
             "ray_num_cpus), use clients.placement: pooled (or a smaller clients.pool_size), or add nodes"
+        )
+    needed_memory = sum(d.actor_options().get("memory", 0) for d in devices)
+    if "memory" in available and needed_memory > available["memory"] * (1 + 1e-9):
+        gib = 1024**3
+        raise RuntimeError(
+            f"{len(devices)} {what} request {needed_memory / gib:.1f} GiB of Ray memory in total "
+            f"({max(d.actor_options().get('memory', 0) for d in devices) / gib:.1f} GiB each at most, sized "
+            f"from the model) but the Ray cluster has {available['memory'] / gib:.1f} GiB; fix: a smaller "
+            "clients.pool_size (or clients.placement: pooled), a smaller model.max_seq_len / training.batch_size, "
+            "or add nodes"
         )
     needed_gpus = sum(d.num_gpus for d in devices)
     if needed_gpus > available.get("GPU", 0) + 1e-9:
