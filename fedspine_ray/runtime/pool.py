@@ -485,12 +485,12 @@ def check_cluster_fits(
             f"{available.get('CPU', 0):g}; fix: lower clients.resources[].num_cpus (or the device profiles' "
             "ray_num_cpus), use clients.placement: pooled (or a smaller clients.pool_size), or add nodes"
         )
-    needed_memory = sum(d.actor_options().get("memory", 0) for d in devices)
-    if "memory" in available and needed_memory > available["memory"] * (1 + 1e-9):
+    memory = [d.actor_options().get("memory", 0) for d in devices]
+    if "memory" in available and sum(memory) > available["memory"] * (1 + 1e-9):
         gib = 1024**3
         raise RuntimeError(
-            f"{len(devices)} {what} request {needed_memory / gib:.1f} GiB of Ray memory in total "
-            f"({max(d.actor_options().get('memory', 0) for d in devices) / gib:.1f} GiB each at most, sized "
+            f"{len(devices)} {what} request {sum(memory) / gib:.1f} GiB of Ray memory in total "
+            f"({max(memory) / gib:.1f} GiB each at most, sized "
             f"from the model) but the Ray cluster has {available['memory'] / gib:.1f} GiB; fix: a smaller "
             "clients.pool_size (or clients.placement: pooled), a smaller model.max_seq_len / training.batch_size, "
             "or add nodes"
