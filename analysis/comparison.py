@@ -74,7 +74,8 @@ def run_summary(
             done = frame[frame[time_column] <= horizon_s + 1e-9]
             reached = float(last[time_column]) >= horizon_s - 1e-9
             row["horizon_s"] = float(horizon_s)
-            row["accuracy_at_horizon"] = float(done["test_accuracy"].iloc[-1]) if reached else math.nan
+            measured = done["test_accuracy"].dropna()  # training.eval_every: the last evaluated round
+            row["accuracy_at_horizon"] = float(measured.iloc[-1]) if reached and len(measured) else math.nan
             sparsity = float(done["sparsity"].iloc[-1]) if "sparsity" in done else 0.0
             row["sparsity_at_horizon"] = sparsity if reached else math.nan
         mine = per_round[per_round["run"] == run] if not per_round.empty else per_round

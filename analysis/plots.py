@@ -24,7 +24,8 @@ def plot_accuracy_vs_time(
 ) -> Path:
     """Test accuracy against (simulated) time, one line per run; the x axis is what FedSpine's speedups use."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for run, frame in rounds.sort_values(["run", "round"]).groupby("run", sort=True):
+    evaluated = rounds.dropna(subset=["test_accuracy"])  # rounds training.eval_every skipped have no point
+    for run, frame in evaluated.sort_values(["run", "round"]).groupby("run", sort=True):
         method = frame["method"].iloc[0] if "method" in frame else ""
         label = run if not method or method in str(run) else f"{run} ({method})"
         ax.plot(frame[time_column], frame["test_accuracy"], marker="o", markersize=3, label=label)
@@ -43,7 +44,7 @@ def plot_accuracy_by_variant(
 ) -> Path:
     """Per variant, accuracy over simulated time averaged over seeds by round; the band spans the seeds."""
     fig, ax = plt.subplots(figsize=(8, 5))
-    for variant, frame in rounds.groupby("variant", sort=True):
+    for variant, frame in rounds.dropna(subset=["test_accuracy"]).groupby("variant", sort=True):
         per_round = frame.groupby("round")[[time_column, "test_accuracy"]]
         mean, low, high = per_round.mean(), per_round.min(), per_round.max()
         (line,) = ax.plot(mean[time_column], mean["test_accuracy"], marker="o", markersize=3, label=variant)

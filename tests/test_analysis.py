@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis import comparison, report, stats, tables
+from analysis import comparison, plots, report, stats, tables
 from fedspine_ray.launch.results import CLIENTS_FILE, ROUNDS_FILE
 
 
@@ -577,3 +577,17 @@ def test_report_without_matplotlib_names_the_plots_extra(seeded_runs, tmp_path, 
     assert report.main([str(seeded_runs / "trial-*"), "--out", str(out), "--no-plots"]) == 0
     assert (out / "report.md").is_file() and (out / "summary.parquet").is_file()
     assert not list(out.glob("*.png")) and "## Plots" not in (out / "report.md").read_text()
+
+
+def test_rounds_without_evaluation_are_skipped_not_read_as_values(seeded_runs, tmp_path):
+    """Rows of rounds ``training.eval_every`` skipped carry NaN accuracy: the accuracy at the horizon is the last
+    evaluated round's, a target is reached at the first evaluated round past it, and the plots draw the rest."""
+    rounds, clients = tables.load_runs(seeded_runs / "trial-*")
+    run = "trial-fedspine-1"  # rounds at 0 / 6 / 12 / 18 s: 0.4 / 0.5 / 0.61 / 0.63
+    mine = rounds[(rounds["run"] == run) & (rounds["sim_time_s"] <= 18)].sort_values("round")
+    skipped = rounds.copy()
+    skipped.loc[mine.index[-1], "test_accuracy"] = math.nan  # the round ending at the horizon: not evaluated
+    summary = comparison.run_summary(skipped, clients, [], horizon_s=18).set_index("run")
+    assert summary.loc[run, "accuracy_at_horizon"] == 0.61 == mine["test_accuracy"].iloc[-2]
+    assert plots.plot_accuracy_vs_time(skipped, tmp_path / "a.png").is_file()
+    assert plots.plot_accuracy_by_variant(skipped, tmp_path / "b.png").is_file()

@@ -62,6 +62,7 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
     ("wrong-type-int", "training: {rounds: three}", [], "training.rounds"),
     ("out-of-range-lr", "training: {lr: 5}", [], "training.lr"),
     ("time-budget-not-positive", "training: {max_sim_time_s: 0}", [], "training.max_sim_time_s"),
+    ("eval-every-zero", "training: {eval_every: 0}", [], "training.eval_every"),
     (
         "fill-budget-without-time-model",
         "rounds: {fill: true, time_model: false}",

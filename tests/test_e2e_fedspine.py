@@ -188,3 +188,35 @@ def test_fill_is_a_round_policy_a_dense_baseline_fills_too(
     # the round still ends with the slow devices: no filled device outlasts the budget's end by much
     assert (later["sim_time_s"] <= 1.5 * later["round"].map(budget)).all()
     assert rounds["train_loss"].iloc[1:].notna().all() and (rounds["num_aggregated"].iloc[1:] == 4).all()
+
+
+def test_eval_every_skips_only_the_measurement(
+    ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path
+):
+    """``training.eval_every: 2`` over 3 rounds evaluates rounds 0, 2 and 3 (the last) and nothing else: the
+    skipped rows have no test metrics (NaN, not a stale value) and the same model size, and every round's
+    training, clock and pruning is what the same seed gives with every round evaluated."""
+    runs = {}
+    for every in (1, 2):
+        out = tmp_path / f"every{every}"
+        config = fedspine_config(
+            tiny_llama_dir,
+            tiny_text_csv,
+            out,
+            profiles_path,
+            training={"rounds": 3, "local_steps": 1, "eval_every": every},
+        )
+        run_experiment(config, progress=False)
+        runs[every] = read_run(out)[0].set_index("round")
+    every1, every2 = runs[1], runs[2]
+    skipped = every2["eval_samples"] == 0
+    assert skipped[skipped].index.tolist() == [1]
+    assert every2.loc[1, ["test_loss", "test_accuracy", "majority_accuracy"]].isna().all()
+    assert every2.loc[1, "eval_cpu_s"] == 0 and not every2.loc[1, "eval_overlapped"]
+    same = ["train_loss", "sim_time_s", "sparsity", "total_params", "bytes_down", "bytes_up"]
+    assert every2[same].equals(every1[same])
+    assert every2.loc[1, "total_params"] < every2.loc[0, "total_params"]  # pruned in round 1, counted
+    evaluated = [0, 2, 3]
+    assert every2.loc[evaluated, ["test_loss", "test_accuracy"]].equals(
+        every1.loc[evaluated, ["test_loss", "test_accuracy"]]
+    )

@@ -90,6 +90,16 @@ def test_domain_forms(tmp_path):
         ({"scheduler": {"type": "asha", "time_attr": "wall_time_s"}}, "sweep.scheduler.time_attr"),
         ({"scheduler": {"type": "asha", "time_attr": "sim_time_s"}}, "sweep.scheduler.max_t"),
         ({"scheduler": {"type": "hyperband"}}, "sweep.overrides"),  # needs runtime.checkpoint_every: 1
+        # a scheduler compares every round's metric; training.eval_every > 1 leaves rounds without one
+        ({"overrides": {"training.eval_every": 2}, "scheduler": "asha"}, "sweep.overrides"),
+        (
+            {"scheduler": "asha", "search_space": {"training.eval_every": [1, 3]}},
+            "sweep.search_space.training.eval_every",
+        ),
+        (
+            {"scheduler": "asha", "search_space": None, "variants": {"a": {"training.eval_every": 4}}},
+            "sweep.variants.a",
+        ),
         ({"scheduler": {"type": "pbt"}}, "sweep.scheduler.hyperparam_mutations"),
         (
             {"scheduler": {"type": "pbt", "hyperparam_mutations": {"lora.rank": [2, 4]}}},

@@ -278,6 +278,13 @@ class TrainingConfig:
     #: With ``eval_subset``: also evaluate the whole test split every this many rounds (0: only round 0 and the
     #: last round), >= 0.
     eval_full_every: int = 0
+    #: Evaluate the global model after every this many rounds, >= 1. Round 0, the last round (also when a time
+    #: budget ends the run) and every ``eval_full_every``-th round are always evaluated; the rows of the rounds in
+    #: between have no test metrics (``test_*`` NaN, ``eval_samples`` 0). Why: evaluation is measurement only
+    #: (nothing in a round reads it), yet on an LLM it costs the server a large share of its clients' training
+    #: CPU (benchmarks/README.md, SmolLM2 round breakdown). Tune schedulers need every round: a sweep with one
+    #: rejects ``eval_every`` > 1.
+    eval_every: int = 1
     #: A simulated-time budget: the run stops after the first round whose simulated clock (``sim_time_s``)
     #: reaches it, or after ``rounds`` rounds, whichever comes first; the global pruning schedule then advances
     #: with simulated time (target sparsity at ``pruning.end_fraction`` x this budget) instead of rounds. Gives
@@ -332,6 +339,11 @@ class TrainingConfig:
         )
         require(
             self.eval_full_every >= 0, f"{where}.eval_full_every", "must be >= 0 (0: only the last round)"
+        )
+        require(
+            1 <= self.eval_every <= 100_000,
+            f"{where}.eval_every",
+            "must be in [1, 100000] rounds (1: evaluate after every round)",
         )
 
 

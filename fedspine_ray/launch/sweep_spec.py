@@ -616,12 +616,22 @@ def _validate_tuning(spec: SweepSpec) -> None:
     for key, domain in scheduler.hyperparam_mutations.items():
         for value in domain.values:
             _check_override(spec.base_config(), {key: value}, where="sweep.scheduler.hyperparam_mutations")
-    if not scheduler.uses_checkpoints:
-        return
     bases = [("sweep.overrides", spec.base_config())]
     bases += [
         (f"sweep.variants.{name}", spec.base_config().with_overrides(o)) for name, o in spec.variants.items()
     ]
+    swept = spec.search_space.get("training.eval_every")
+    evals = [(where, c.training.eval_every) for where, c in bases]
+    evals += [("sweep.search_space.training.eval_every", v) for v in (swept.values if swept else [])]
+    for where, every in evals:
+        if every != 1:
+            raise ConfigError(
+                f"{where}: the {scheduler.kind} scheduler compares trials' test metrics after every round, but "
+                f"training.eval_every is {every} (the rounds in between have none); fix: set "
+                "training.eval_every: 1, or drop the scheduler"
+            )
+    if not scheduler.uses_checkpoints:
+        return
     for where, config in bases:
         every = config.runtime.checkpoint_every
         if scheduler.kind == "hyperband" and every != 1:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 import uuid
@@ -254,15 +255,19 @@ class FederatedServer:
         extra = self.strategy.aggregate_round(rnd, outcomes)
         global_metrics = self.strategy.global_metrics()
         aggregated, aggregate_cpu = time.perf_counter(), time.process_time() - collected_cpu
-        split = self.test if self._full_evaluation(rnd) else self.eval_set
-        model = self.strategy.evaluation_model()  # a snapshot: configuring the next round cannot change it
+        full = self._full_evaluation(rnd)
+        evaluates = full or rnd % cfg.training.eval_every == 0
+        # a snapshot: configuring the next round cannot change it
+        model = self.strategy.evaluation_model() if evaluates else None
         if start_next and self._overlap_evaluation and not cfg.training.budget_spent(self.clock.now_s):
             self._inflight = self._start_round(rnd + 1, started_early=True)
         next_started = time.perf_counter()
-        if self._inflight is not None and self._idle_evaluator is not None:  # clients train meanwhile
-            evaluation = self._idle_evaluator.run(self._evaluate_model, model, split)
+        if model is None:
+            evaluation = self._not_evaluated()
+        elif self._inflight is not None and self._idle_evaluator is not None:  # clients train meanwhile
+            evaluation = self._idle_evaluator.run(self._evaluate_model, model, self._split(full))
         else:
-            evaluation = self._evaluate_model(model, split)
+            evaluation = self._evaluate_model(model, self._split(full))
         evaluated = time.perf_counter()
         timing = {  # where the round's wall time went (docs/results.md, benchmarks/bench_scale.py)
             "server_configure_s": inflight.configure_s,
@@ -271,7 +276,7 @@ class FederatedServer:
             "aggregate_s": aggregated - collected,
             "next_round_start_s": next_started - aggregated,
             "eval_s": evaluated - next_started,
-            "eval_overlapped": self._inflight is not None,
+            "eval_overlapped": model is not None and self._inflight is not None,
             "server_start_cpu_s": inflight.start_cpu_s,
             "aggregate_cpu_s": aggregate_cpu,
             **timing_columns(outcomes),
@@ -520,6 +525,22 @@ class FederatedServer:
             or bool(every and rnd % every == 0)
             or training.budget_spent(self.clock.now_s)
         )
+
+    def _split(self, full: bool) -> TokenizedSplit:
+        return self.test if full else self.eval_set
+
+    def _not_evaluated(self) -> dict[str, float]:
+        """The evaluation columns of a round ``training.eval_every`` skips: no test metrics (NaN, never a
+        stale value carried over), 0 examples, and the global model's size (the evaluated model's: merging
+        adapters and loading the head change no shape)."""
+        return {
+            "test_loss": math.nan,
+            "test_accuracy": math.nan,
+            "majority_accuracy": math.nan,
+            "total_params": count_parameters(self.global_model),
+            "eval_samples": 0.0,
+            "eval_cpu_s": 0.0,
+        }
 
     def _evaluate_model(self, model: nn.Module, split: TokenizedSplit | None = None) -> dict[str, float]:
         """The task's evaluation columns of ``model`` on ``split`` (default: the whole test split)."""
