@@ -53,6 +53,23 @@ def test_pool_affinity_is_fixed_and_covers_every_client_of_its_class():
     assert len(worker_devices(devices, sizes)) == sum(sizes.values())
 
 
+def test_pool_size_mapping_sizes_the_named_classes_and_leaves_the_rest_to_the_cluster():
+    # the SmolLM2 mix: the four AGX Orins are the only devices that train the dense model
+    devices = _devices(8, {"jetson_tx2": 0.25, "xavier_nx": 0.25, "agx_orin": 0.5})
+    auto = pool_sizes(devices, {"CPU": 2.0}, None)
+    assert auto == {"jetson_tx2": 1, "xavier_nx": 1, "agx_orin": 1}
+    assert pool_sizes(devices, {"CPU": 2.0}, {"agx_orin": 2}) == {**auto, "agx_orin": 2}
+    assert pool_sizes(devices, {"CPU": 2.0}, {"jetson_tx2": 9})["jetson_tx2"] == 2  # capped at its clients
+    assert pool_sizes(devices, {"CPU": 2.0}, 3) == {"jetson_tx2": 2, "xavier_nx": 2, "agx_orin": 3}
+    slots = pool_slots(devices, pool_sizes(devices, {"CPU": 2.0}, {"agx_orin": 2}))
+    orins = [ids for (name, _), ids in slots.items() if name == "agx_orin"]
+    assert len(orins) == 2 and sorted(map(len, orins)) == [2, 2]  # four Orins over two workers
+    config = config_from_dict(
+        {"clients": {"num_clients": 8, "pool_size": {"agx_orin": 2}}, "devices": {"mix": {"agx_orin": 1.0}}}
+    )
+    assert config.clients.pool_size == {"agx_orin": 2}
+
+
 def test_workers_whose_memory_requests_exceed_the_cluster_fail_at_once_naming_the_fix():
     # Six SmolLM2 pool workers ask ~3.4 GiB each; a 2-core box's Ray has less than their sum. Without this
     # check the run waited out runtime.actor_start_timeout_s (300 s) before failing.
@@ -78,11 +95,17 @@ def test_workers_whose_memory_requests_exceed_the_cluster_fail_at_once_naming_th
         ),
         ({"placement": "shared"}, "clients.placement"),
         ({"pool_size": 0}, "clients.pool_size"),
+        ({"pool_size": {"cpu0.25": 0}}, "clients.pool_size"),
+        ({"pool_size": {"cpu0.25": "two"}}, "clients.pool_size"),
+        # without devices.mix the classes are the resources' (cpu0.25 and cpu0.125 by default)
+        ({"pool_size": {"agx_orin": 2}}, r"clients.pool_size.agx_orin: not a device class of this run; "),
     ],
 )
 def test_bad_client_placement_fields_are_named(clients, field):
     with pytest.raises(ConfigError, match=field):
         config_from_dict({"clients": clients})
+    if "resources" not in clients:  # the default resources' classes are accepted by name
+        config_from_dict({"clients": {"pool_size": {"cpu0.25": 2, "cpu0.125": 1}}})
 
 
 def test_fraction_per_round_samples_that_share():

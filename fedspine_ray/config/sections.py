@@ -179,6 +179,10 @@ class ResourceSpec:
     #: given a GPU trains and derives its model on CUDA in ``clients.precision``.
     num_gpus: float = 0.0
 
+    def device_class(self) -> str:
+        """The device class of the clients this entry gives resources to: ``cpu<cpus>``, ``-gpu<gpus>`` added."""
+        return f"cpu{self.num_cpus:g}" + (f"-gpu{self.num_gpus:g}" if self.num_gpus else "")
+
     def validate(self, where: str) -> None:
         require(0 < self.num_cpus <= 64, f"{where}.num_cpus", "must be in (0, 64]")
         require(self.memory_mb is None or self.memory_mb >= 64, f"{where}.memory_mb", "must be >= 64 or null")
@@ -204,9 +208,12 @@ class ClientsConfig:
     #: client process), else ``pooled``; so a laptop or this 2-core box runs pooled and a ``ray up`` cluster with
     #: a node per device runs dedicated. Same seed → same metrics in both modes.
     placement: Literal["auto", "dedicated", "pooled"] = "auto"
-    #: Pooled only: worker actors per device class, in [1, 1024] (capped at the class's client count). ``null`` =
-    #: from the cluster: about one worker per CPU, split among classes by client count, at least one per class.
-    pool_size: int | None = None
+    #: Pooled only: worker actors per device class, in [1, 1024] (capped at the class's client count): one number
+    #: for every class, or a mapping ``{class: workers}`` for the classes named (the others sized as ``null``).
+    #: ``null`` = from the cluster: about one worker per CPU, split among classes by client count, at least one
+    #: per class. A mapping is for classes whose clients carry most of a round's work (e.g. the only devices
+    #: that train the dense model), whose single worker would otherwise be the round's critical path.
+    pool_size: int | dict[str, int] | None = None
     #: Ray resources per client actor, cycled over clients (a list gives heterogeneous actors). Used only without
     #: ``devices.mix``; device classes then read ``cpu<num_cpus>``.
     resources: list[ResourceSpec] = field(default_factory=lambda: [ResourceSpec(0.25), ResourceSpec(0.125)])
@@ -214,6 +221,13 @@ class ClientsConfig:
     #: autocast (the held model and the adapters stay fp32; ``fp16`` scales the loss; ``bf16`` falls back to
     #: ``fp16`` on a GPU without bf16). Clients on CPUs always train in fp32.
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+
+    def device_classes(self, mix: Mapping[str, float]) -> list[str]:
+        """The device classes a run has: ``devices.mix``'s, else one per entry of ``resources`` (``cpu<cpus>``,
+        ``-gpu<gpus>`` with GPUs): the names ``pool_size`` maps and rounds.parquet's ``device_class`` shows."""
+        if mix:
+            return list(mix)
+        return list(dict.fromkeys(spec.device_class() for spec in self.resources))
 
     def per_round(self) -> int | None:
         """How many clients each round samples (None: every live client)."""
@@ -234,10 +248,12 @@ class ClientsConfig:
                 f"{where}.fraction_per_round",
                 "set either clients_per_round or fraction_per_round, not both",
             )
+        sizes = self.pool_size.values() if isinstance(self.pool_size, dict) else [self.pool_size]
         require(
-            self.pool_size is None or 1 <= self.pool_size <= 1024,
+            all(size is None or 1 <= size <= 1024 for size in sizes),
             f"{where}.pool_size",
-            "must be in [1, 1024] workers per device class, or null (sized from the cluster's CPUs)",
+            "must be in [1, 1024] workers per device class (one number, or a mapping class: workers), "
+            "or null (sized from the cluster's CPUs)",
         )
         if self.clients_per_round is not None:
             require(
@@ -866,6 +882,14 @@ class ExperimentConfig:
             value = getattr(self, item.name)
             if dataclasses.is_dataclass(value):
                 value.validate(item.name)
+        if isinstance(self.clients.pool_size, dict):
+            classes = self.clients.device_classes(self.devices.mix)
+            unknown = sorted(set(self.clients.pool_size) - set(classes))
+            require(
+                not unknown,
+                f"clients.pool_size.{unknown[0] if unknown else ''}",
+                f"not a device class of this run; its classes are {classes}",
+            )
         require(
             self.training.sim_time_budget_fedit_rounds is None
             or (bool(self.devices.mix) and self.runtime.clock == "simulated"),

@@ -61,9 +61,10 @@ def resolve_placement(placement: str, devices: Sequence[ClientDevice], available
 
 
 def pool_sizes(
-    devices: Sequence[ClientDevice], available: Mapping[str, float], size: int | None
+    devices: Sequence[ClientDevice], available: Mapping[str, float], size: int | Mapping[str, int] | None
 ) -> dict[str, int]:
-    """Workers per device class: ``size`` each, or from the cluster's CPUs.
+    """Workers per device class: ``size`` each, ``size[class]`` for the classes a mapping names, or from the
+    cluster's CPUs (``None``, and the classes a mapping leaves out); never more than a class has clients.
 
     Auto: about one worker per CPU in the cluster, shared among classes in proportion to their client
     counts, at least one per class, never more workers than a class has clients or its CPU request allows.
@@ -74,12 +75,15 @@ def pool_sizes(
     for device in devices:
         counts[device.device_class] += 1
         cpus[device.device_class] = device.num_cpus
-    if size is not None:
+    if isinstance(size, int):
         return {name: min(size, n) for name, n in counts.items()}
+    chosen = dict(size or {})
     budget = max(1, math.floor(available.get("CPU", 1)))
     total = sum(counts.values())
     return {
-        name: max(
+        name: min(n, chosen[name])
+        if name in chosen
+        else max(
             1,
             min(n, round(budget * n / total), math.floor(available.get("CPU", 1) / cpus[name] / len(counts))),
         )
@@ -90,7 +94,7 @@ def pool_sizes(
 def client_processes(
     devices: Sequence[ClientDevice],
     placement: str,
-    pool_size: int | None,
+    pool_size: int | Mapping[str, int] | None,
     available: Mapping[str, float],
 ) -> tuple[str, list[ClientDevice]]:
     """``(mode, devices)``: the placement a run resolves to and one device per client process it starts.

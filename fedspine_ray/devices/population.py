@@ -135,7 +135,7 @@ def build_client_devices(config: ExperimentConfig) -> list[ClientDevice]:
         devices.append(
             ClientDevice(
                 client_id=cid,
-                device_class=f"cpu{spec.num_cpus:g}" + (f"-gpu{spec.num_gpus:g}" if spec.num_gpus else ""),
+                device_class=spec.device_class(),
                 num_cpus=spec.num_cpus,
                 memory_bytes=spec.memory_mb * MB if spec.memory_mb is not None else memory(),
                 torch_threads=max(1, math.floor(spec.num_cpus)),

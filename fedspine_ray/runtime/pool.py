@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -516,7 +516,7 @@ def start_clients(
     devices: Sequence[ClientDevice],
     shards: ClientShards,
     placement: str,
-    pool_size: int | None,
+    pool_size: int | Mapping[str, int] | None,
     timeout: float,
 ) -> DedicatedRuntime | PooledRuntime:
     """Create the clients' processes for ``clients.placement`` and wait until every one answers.
