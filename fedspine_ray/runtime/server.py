@@ -256,6 +256,7 @@ class FederatedServer:
         global_metrics = self.strategy.global_metrics()
         aggregated, aggregate_cpu = time.perf_counter(), time.process_time() - collected_cpu
         full = self._full_evaluation(rnd)
+        split = self.test if full else self.eval_set
         evaluates = full or rnd % cfg.training.eval_every == 0
         # a snapshot: configuring the next round cannot change it
         model = self.strategy.evaluation_model() if evaluates else None
@@ -265,9 +266,9 @@ class FederatedServer:
         if model is None:
             evaluation = self._not_evaluated()
         elif self._inflight is not None and self._idle_evaluator is not None:  # clients train meanwhile
-            evaluation = self._idle_evaluator.run(self._evaluate_model, model, self._split(full))
+            evaluation = self._idle_evaluator.run(self._evaluate_model, model, split)
         else:
-            evaluation = self._evaluate_model(model, self._split(full))
+            evaluation = self._evaluate_model(model, split)
         evaluated = time.perf_counter()
         timing = {  # where the round's wall time went (docs/results.md, benchmarks/bench_scale.py)
             "server_configure_s": inflight.configure_s,
@@ -525,9 +526,6 @@ class FederatedServer:
             or bool(every and rnd % every == 0)
             or training.budget_spent(self.clock.now_s)
         )
-
-    def _split(self, full: bool) -> TokenizedSplit:
-        return self.test if full else self.eval_set
 
     def _not_evaluated(self) -> dict[str, float]:
         """The evaluation columns of a round ``training.eval_every`` skips: no test metrics (NaN, never a
