@@ -8,7 +8,7 @@ Reported per scenario:
 * wall time of the run, rounds, placement, number of client processes;
 * peak memory of the session: sum of PSS (proportional set size: shared pages split between processes,
   so the sum is the memory the session really uses) and sum of RSS, and the peak RSS of each kind of process
-  (``ray::PoolWorker`` / ``ray::FederatedClient`` / ``ray::FederatedServer``, largest one);
+  (``ray::PoolWorker`` / ``ray::FederatedClient`` / ``ray::RemoteServer``, largest one);
 * round wall-time breakdown, mean over rounds >= 1 (rounds.parquet columns, docs/results.md):
   ``server_configure_s``, ``dispatch_s``, ``wait_s``, ``aggregate_s``, ``next_round_start_s``, ``eval_s``,
   ``client_train_s_sum``. With ``runtime.overlap_evaluation`` (``--set runtime.overlap_evaluation=true``; by
@@ -182,7 +182,7 @@ def _role(title: str) -> str:
     for marker, role in (("PoolWorker", "pool_workers"), ("FederatedClient", "client_actors")):
         if marker in title:
             return role
-    if "FederatedServer" in title:
+    if "RemoteServer" in title:  # the server actor's class (runtime/remote.py) names its process
         return "server"
     return "ray_and_other"
 
