@@ -282,3 +282,29 @@ def test_min_steps_spreads_a_schedule_that_would_prune_almost_all_at_once(tiny_l
     reached = next(i for i, x in enumerate(sparsity) if x >= 0.45 - 0.05)
     assert reached >= 2 and strategy.pruning_done  # at least three steps, and then the schedule ends
     assert sparsity[reached:] == [sparsity[reached]] * (len(sparsity) - reached)  # nothing churns afterwards
+
+
+def test_update_norm_equals_the_formed_update_without_forming_it():
+    """FedSpine's update-importance term: ``||B A - B0 A0||_F`` over modules, where the start factors have
+    another rank (a rank switch) or do not share the module's shape (left out), against the dense deltas."""
+    from fedspine_ray.messages import ClientAssignment, ClientOutcome
+    from fedspine_ray.strategies.fedspine import _update_norm
+
+    g = torch.Generator().manual_seed(3)
+
+    def factors(out, inn, r):
+        return torch.randn(r, inn, generator=g), torch.randn(out, r, generator=g)
+
+    start = {"q": factors(6, 5, 2), "v": factors(4, 5, 3), "o": factors(9, 9, 2)}
+    end = {"q": factors(6, 5, 4), "v": factors(4, 5, 3), "o": factors(5, 9, 2), "new": factors(3, 2, 1)}
+    assignment = ClientAssignment(base_key=(0, 0.0), rank=4, factors=start, head={})
+    outcome = ClientOutcome(0, assignment, 10, factors=end)
+    expected = 0.0
+    for name, (a, b) in end.items():
+        delta = (b @ a).double()
+        if name in ("q", "v"):  # same (out, in) as the start: the start's product is subtracted
+            a0, b0 = start[name]
+            delta = delta - (b0 @ a0).double()
+        expected += float(delta.pow(2).sum())
+    assert _update_norm(outcome) == pytest.approx(expected**0.5, rel=1e-6)
+    assert _update_norm(ClientOutcome(0, assignment, 10, factors=None)) == 0.0

@@ -185,7 +185,10 @@ def _update_norm(outcome: ClientOutcome) -> float:
     """Frobenius norm of the device's LoRA update ``B A - B0 A0`` over all its modules.
 
     Computed in the sub-model's own coordinates (the device's start and end adapters share them), so it
-    needs no index map; a bigger sub-model or rank that learns more moves its adapter further.
+    needs no index map; a bigger sub-model or rank that learns more moves its adapter further. The update
+    is never formed: it is the thin product ``[B, -B0] [A; A0]``, whose squared norm is the trace of the
+    product of the two small Gram matrices (:func:`_thin_product_sq_norm`). Forming ``out x in`` deltas for
+    every module of every device was 13 % of an LLM server's round (py-spy, SmolLM2).
     """
     if outcome.factors is None:
         return 0.0
@@ -193,10 +196,18 @@ def _update_norm(outcome: ClientOutcome) -> float:
     start = outcome.assignment.factors
     with torch.no_grad():
         for name, (a, b) in outcome.factors.items():
-            delta = b.float() @ a.float()
             if name in start:
                 a0, b0 = start[name]
-                if tuple(b0.shape[:1]) + tuple(a0.shape[1:]) == tuple(delta.shape):
-                    delta = delta - b0.float() @ a0.float()
-            total += float(delta.pow(2).sum())
+                if b0.shape[0] == b.shape[0] and a0.shape[1] == a.shape[1]:
+                    a, b = torch.cat([a, a0], 0), torch.cat([b, -b0], 1)
+            total += _thin_product_sq_norm(b, a)
     return math.sqrt(total)
+
+
+def _thin_product_sq_norm(b: torch.Tensor, a: torch.Tensor) -> float:
+    """``||b @ a||_F^2`` for ``b`` [out, r], ``a`` [r, in] as ``trace((b^T b)(a a^T))``: O((out + in) r^2).
+
+    Float64, so the value matches the formed product's to far below the reward's resolution.
+    """
+    b, a = b.double(), a.double()
+    return float(((b.T @ b) * (a @ a.T)).sum())
