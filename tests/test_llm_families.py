@@ -146,3 +146,54 @@ def test_model_info_reads_families_without_torch(family_dirs, tmp_path):
     bad.write_bytes(b"nope")
     with pytest.raises(ValueError, match="not a GGUF"):
         gguf_metadata(bad)
+
+
+@pytest.mark.parametrize("family", (*PRUNABLE, "gpt2"))
+def test_scoring_from_a_shared_prompt_prefix_equals_scoring_each_prompt_alone(family_dirs, family):
+    """Evaluation runs the template's shared first tokens once and continues every length group from a copy
+    of their cache (``next_token_logprobs``); each example must get what it gets alone, for every layout,
+    including Gemma-2's sliding-window layers (window 16, prompts up to 30 tokens)."""
+    from fedspine_ray.data.tokens import TokenizedSplit
+    from fedspine_ray.modeling.tasks import _prefix_cache, _shared_prefix, answer_loss, next_token_logprobs
+
+    model = load_causal_lm(family_dirs[family]).eval()
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(5, 200, (12,), generator=g)
+    lengths = torch.tensor([14, 20, 20, 30, 17, 20, 13])
+    ids = torch.zeros(len(lengths), 32, dtype=torch.long)
+    for row, length in enumerate(lengths.tolist()):
+        ids[row, :12] = prefix
+        ids[row, 12:length] = torch.randint(5, 200, (length - 12,), generator=g)
+    ids[:, 12] = torch.arange(len(lengths)) + 300  # every prompt leaves the template at token 12
+    assert _shared_prefix(ids, lengths) == 12
+    assert _prefix_cache(model, ids[:1, :12]) is not None  # the shared path runs, not the fallback
+
+    shared = next_token_logprobs(model, ids, lengths, batch_size=2)
+    whole = next_token_logprobs(model, ids, lengths, batch_size=2, share_prefix=False)
+    with torch.no_grad():
+        alone = torch.stack(
+            [
+                torch.log_softmax(model(input_ids=ids[r : r + 1, :n]).logits[0, -1].float(), -1)
+                for r, n in enumerate(lengths.tolist())
+            ]
+        )
+    torch.testing.assert_close(whole, alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared, alone, atol=1e-5, rtol=1e-5)
+
+    # the answer loss (instruction tuning's metric): the last 1-3 tokens of each prompt are its answer
+    mask = (torch.arange(32)[None, :] < lengths[:, None]).long()
+    labels = torch.full_like(ids, -100)
+    for row, length in enumerate(lengths.tolist()):
+        labels[row, length - 1 - row % 3 : length] = ids[row, length - 1 - row % 3 : length]
+    split = TokenizedSplit(ids, mask, labels)
+    loss, accuracy = answer_loss(model, split, batch_size=2)
+    assert (loss, accuracy) == pytest.approx(answer_loss(model, split, 2, share_prefix=False), abs=1e-5)
+
+
+def test_shared_prefix_leaves_every_prompt_a_token_of_its_own():
+    from fedspine_ray.modeling.tasks import _shared_prefix
+
+    ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 4, 5], [1, 2, 3, 9, 9]])
+    assert _shared_prefix(ids, torch.tensor([5, 5, 5])) == 3
+    assert _shared_prefix(ids[:2], torch.tensor([4, 5])) == 3  # identical rows: all but the shortest's last
+    assert _shared_prefix(ids[:1], torch.tensor([5])) == 0

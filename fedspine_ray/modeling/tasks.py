@@ -17,11 +17,13 @@ Clients only ever see :class:`~fedspine_ray.data.tokens.TokenizedSplit` tensors 
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -313,7 +315,11 @@ def label_scores(
 
 
 def next_token_logprobs(
-    model: Forward, input_ids: torch.Tensor, lengths: torch.Tensor, batch_size: int
+    model: Forward,
+    input_ids: torch.Tensor,
+    lengths: torch.Tensor,
+    batch_size: int,
+    share_prefix: bool = True,
 ) -> torch.Tensor:
     """``[examples, vocab]`` log-probabilities of the token after each example's first ``lengths[i]`` tokens.
 
@@ -321,27 +327,89 @@ def next_token_logprobs(
     576 x 49,152, ~20 % of the FLOPs) and its ``[batch, seq, vocab]`` logits dominate memory traffic, yet
     scoring needs the logits of one position per example. Examples are grouped by prompt length, so a group
     needs no padding at all and the model computes the LM head for the last position only
-    (``logits_to_keep=1``, which every transformers causal LM accepts; a model that does not gets the full
-    logits). No pad token is ever processed, and each example's result is the one it gets alone.
+    (``logits_to_keep=1``). The tokens every prompt shares run once (:class:`GroupForward`). Each example's
+    result is the one it gets alone, up to float rounding.
     """
     out = torch.empty(len(input_ids), 0)
-    keep: dict[str, int] = {"logits_to_keep": 1}
     with torch.no_grad():
+        forward = GroupForward(model, input_ids, lengths, share_prefix)
         for length in torch.unique(lengths).tolist():
             members = torch.nonzero(lengths == length).flatten()
             for start in range(0, len(members), batch_size):
                 rows = members[start : start + batch_size]
-                ids = input_ids[rows, :length]
-                try:
-                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **keep).logits
-                except TypeError:  # a model without logits_to_keep: full logits, same values
-                    keep = {}
-                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-                last = torch.log_softmax(logits[:, -1].float(), dim=-1)
+                last = torch.log_softmax(forward.logits(input_ids[rows, :length], 1)[:, -1].float(), dim=-1)
                 if out.shape[1] == 0:
                     out = torch.empty(len(input_ids), last.shape[1])
                 out[rows] = last
     return out
+
+
+#: Fewer shared tokens than this are not worth a cache copy per group.
+MIN_SHARED_PREFIX = 4
+
+
+class GroupForward:
+    """Forward passes over groups of same-length rows of one split, computing only what scoring reads.
+
+    * ``logits_to_keep``: the LM head runs for the last ``keep`` positions only (every transformers causal LM
+      accepts it; a model that does not gets full logits, of which the same positions are returned).
+    * A shared prefix: prompts built from one template share their first tokens (SmolLM2's chat template and
+      ``Review:`` are 27 of a rotten-tomatoes prompt's ~70). They run once, in the constructor, and every
+      group continues from a copy of their key/value cache, so each shared token is computed once per
+      evaluation instead of once per example. ``prompt_lengths`` bound the prefix, so every row still runs
+      the positions that scoring reads.
+    """
+
+    def __init__(
+        self, model: Forward, input_ids: torch.Tensor, prompt_lengths: torch.Tensor, share_prefix: bool = True
+    ) -> None:
+        self.model = model
+        self.keep_supported = True
+        shared = _shared_prefix(input_ids, prompt_lengths) if share_prefix else 0
+        self.cache = _prefix_cache(model, input_ids[:1, :shared]) if shared >= MIN_SHARED_PREFIX else None
+        self.shared = shared if self.cache is not None else 0
+
+    def logits(self, ids: torch.Tensor, keep: int) -> torch.Tensor:
+        """Logits of the last ``keep`` positions of ``ids`` (rows of one length, the shared prefix included)."""
+        extra: dict[str, Any] = {}
+        mask = torch.ones(ids.shape, dtype=torch.long)
+        if self.cache is not None:
+            keyword, prefix_cache = self.cache
+            extra[keyword] = copy.deepcopy(prefix_cache)
+            extra[keyword].batch_repeat_interleave(len(ids))
+            ids = ids[:, self.shared :]
+        if self.keep_supported:
+            try:
+                return self.model(input_ids=ids, attention_mask=mask, logits_to_keep=keep, **extra).logits
+            except TypeError:  # a model without logits_to_keep: full logits, same values
+                self.keep_supported = False
+        return self.model(input_ids=ids, attention_mask=mask, **extra).logits[:, -keep:]
+
+
+def _shared_prefix(input_ids: torch.Tensor, lengths: torch.Tensor) -> int:
+    """How many leading tokens every example shares, leaving each at least one token of its own to run."""
+    if len(input_ids) < 2:
+        return 0
+    limit = int(lengths.min()) - 1
+    same = (input_ids[:, :limit] == input_ids[:1, :limit]).all(dim=0)
+    differs = torch.nonzero(~same).flatten()
+    return int(differs[0]) if len(differs) else max(limit, 0)
+
+
+def _prefix_cache(model: Forward, prefix: torch.Tensor) -> tuple[str, Any] | None:
+    """``(keyword, cache)``: the key/value cache after ``prefix`` (one row) and the forward keyword that takes
+    it back (``cache`` in transformers 5, ``past_key_values`` before), or None if the model does not hand
+    back one that copies and repeats per batch (transformers' ``Cache`` classes do): scoring then runs whole
+    prompts."""
+    try:
+        out = model(input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True)
+    except TypeError:
+        return None
+    keyword = "cache" if "cache" in out else "past_key_values"
+    cache = out.get(keyword)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return None
+    return keyword, cache
 
 
 def _prompt_lengths(labels: torch.Tensor) -> torch.Tensor:
@@ -367,31 +435,27 @@ def _with_answer(
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-def answer_loss(model: Forward, test: TokenizedSplit, batch_size: int) -> tuple[float, float]:
+def answer_loss(
+    model: Forward, test: TokenizedSplit, batch_size: int, share_prefix: bool = True
+) -> tuple[float, float]:
     """Mean per-example answer loss (mean over its answer tokens) and answer-token argmax accuracy.
 
-    As in :func:`next_token_logprobs`, examples are grouped by length (no padding) and the model computes
-    logits only for the positions that predict an answer token (``logits_to_keep``: the answer comes last,
-    so the group's longest answer plus one), not for the whole prompt.
+    As in :func:`next_token_logprobs`, examples are grouped by length (no padding), the prompts' shared
+    first tokens run once, and the model computes logits only for the positions that predict an answer
+    token (the answer comes last, so the group's longest answer plus one), not for the whole prompt.
     """
     total, hits, tokens = 0.0, 0, 0
     lengths = test.attention_mask.sum(dim=1)
-    span = lengths - _prompt_lengths(test.labels) + 1  # last positions whose logits predict the answer
-    keep_supported = True
+    prompt_lengths = _prompt_lengths(test.labels)
+    span = lengths - prompt_lengths + 1  # last positions whose logits predict the answer
     with torch.no_grad():
+        forward = GroupForward(model, test.input_ids, prompt_lengths, share_prefix)
         for length in torch.unique(lengths).tolist():
             members = torch.nonzero(lengths == length).flatten()
             for start in range(0, len(members), batch_size):
                 rows = members[start : start + batch_size]
-                ids = test.input_ids[rows, :length]
                 keep = int(span[rows].max())
-                kwargs = {"logits_to_keep": keep} if keep_supported else {}
-                try:
-                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs).logits
-                except TypeError:  # a model without logits_to_keep: full logits, same values
-                    keep_supported = False
-                    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-                logits = logits[:, -keep:]
+                logits = forward.logits(test.input_ids[rows, :length], keep)
                 targets = test.labels[rows, length - keep + 1 : length]  # what logits[:, :-1] predict
                 where = targets != IGNORE_INDEX
                 picked = logits[:, :-1][where].float()
