@@ -56,8 +56,11 @@ def main() -> None:
         "label_scoring": lambda share: next_token_logprobs(model, test.input_ids, lengths, batch, share),
         "answer_loss": lambda share: torch.tensor(answer_loss(model, test, batch, share)),
     }
+    config_path = Path(args.config).resolve()
     result = {
-        "config": args.config,
+        "config": str(
+            config_path.relative_to(REPO_ROOT) if config_path.is_relative_to(REPO_ROOT) else config_path
+        ),
         "examples": len(test),
         "shared_prefix_tokens": _shared_prefix(test.input_ids, lengths),
         "mean_prompt_tokens": float(lengths.float().mean()),
