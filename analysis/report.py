@@ -510,7 +510,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "python -m analysis.repo
         return 2
     try:
         rounds, clients = tables.load_runs(args.runs)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         print(f"{name}: {exc}", file=sys.stderr)
         return 2
     short: list[str] = []

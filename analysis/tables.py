@@ -51,7 +51,10 @@ def load_runs(paths: str | Path | Iterable[str | Path]) -> tuple[pd.DataFrame, p
         archived = pd.read_parquet(archive / ARCHIVED_ROUNDS_FILE)
         clash = set(archived["run"]) & set(names)
         if clash:
-            raise ValueError(f"runs {sorted(clash)} are both in {archive} and given as run directories")
+            raise ValueError(
+                f"runs {sorted(clash)} are both in {archive} and given as run directories; "
+                "fix: name each run once (drop the directories already archived there)"
+            )
         rounds.append(archived)
         if (archive / ARCHIVED_CLIENTS_FILE).is_file():
             clients.append(pd.read_parquet(archive / ARCHIVED_CLIENTS_FILE))

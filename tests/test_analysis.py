@@ -186,7 +186,7 @@ def test_report_cli_prints_tables_and_writes_report(runs, tmp_path, capsys):
     assert (tmp_path / "only-fedit" / "summary.json").is_file()
 
 
-def test_a_report_directory_keeps_its_runs_and_can_be_extended(runs, tmp_path):
+def test_a_report_directory_keeps_its_runs_and_can_be_extended(runs, tmp_path, capsys):
     """The report archives the runs' rows: rebuilding from the archive, or from the archive plus new run
     directories, gives the same per-run summary as the original run directories did."""
     full = tmp_path / "full"
@@ -201,6 +201,10 @@ def test_a_report_directory_keeps_its_runs_and_can_be_extended(runs, tmp_path):
     pd.testing.assert_frame_equal(got[expected.columns], expected)
     with pytest.raises(ValueError, match="both in"):  # a run archived and given again would count twice
         tables.load_runs([partial, runs / "fedit-a"])
+    # the command says so in one line and exits 2, writing nothing
+    assert report.main([str(partial), str(runs / "fedit-a"), *args, "--out", str(tmp_path / "twice")]) == 2
+    assert "name each run once" in capsys.readouterr().err
+    assert not (tmp_path / "twice").exists()
 
 
 def test_prior_summary_rows_count_as_seeds_when_built_at_the_same_targets(runs, tmp_path):
