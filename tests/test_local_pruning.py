@@ -266,3 +266,25 @@ def test_client_mode_round_keeps_derivation_exact_and_drives_global_pruning(tiny
     assert strategy.version == 1  # pruned on the schedule, scored by the devices' reports
     assert strategy._reported_importance().method == "device_lora_gradient"
     assert np.isclose(prunable_units(ctx.global_model).sparsity, 0.5, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("method", "prune_global", "scored"), [("fedit", False, False), ("fedit", True, True)]
+)
+def test_client_mode_asks_for_scores_only_where_something_is_pruned(
+    tiny_llama_dir, method, prune_global, scored
+):
+    """Dense FedIT never uses unit scores, so ``where: client`` must not make its devices compute them; FedIT
+    pruned globally (``method.prune_global``) prunes by them, so its devices score at ratio 0 too."""
+    ctx, _ = make_context(
+        tiny_llama_dir,
+        method={"name": method, "prune_global": prune_global},
+        pruning={"target_sparsity": 0.5 if prune_global else 0.0, "where": "client", "local_share": 0.0},
+    )
+    strategy = build_strategy(method)
+    strategy.setup(ctx)
+    assignments = strategy.configure_round(1, [0, 1])
+    assert {a.pruning_ratio for a in assignments.values()} == {0.0}
+    assert all((a.local_pruning is not None) == scored for a in assignments.values())
+    if scored:  # nothing to remove, only scores to report
+        assert all(a.local_pruning.total_removed == 0 for a in assignments.values())

@@ -175,10 +175,12 @@ class LoRAStrategy(Strategy):
 
         Server mode sends the sub-model at ``ratio``. Client mode sends it at ``ratio * (1 - local_share)``
         and asks the device to remove the difference itself while it trains (fedspine_ray/pruning/local.py);
-        a device with nothing to remove still scores its units, so every device informs the global prune.
+        a device with nothing to remove still scores its units, so every device informs the global prune. A
+        method that neither cuts sub-models nor prunes the global model (FedIT, HetLoRA, ... with
+        ``method.prune_global: false``) has no use for scores, so its devices are not asked to compute them.
         """
         cfg = self.ctx.config.pruning
-        if cfg.where != "client":
+        if cfg.where != "client" or (ratio == 0.0 and not self.prune_global):
             return ratio, None
         start = round(ratio * (1.0 - cfg.local_share), 6)
         self._submodel(start)
