@@ -68,17 +68,30 @@ def test_baselines_run_and_reach_equal_sparsity(
         assert clients["arm"].between(0, 3).all()
 
 
-def test_device_side_pruning_through_ray(ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path):
+@pytest.mark.parametrize("local_share", [0.5, 0.0])
+def test_device_side_pruning_through_ray(
+    ray_session, tiny_llama_dir, tiny_text_csv, profiles_path, tmp_path, local_share
+):
+    """``local_share: 0.5``: devices remove half their ratio themselves. ``0`` (the shipped SmolLM2 config): they
+    remove nothing and only score; the server's sub-models and global prune steps run on those scores."""
     rounds, clients = run_method(
         tmp_path,
         tiny_llama_dir,
         tiny_text_csv,
         profiles_path,
         "fedspine",
-        **{"pruning.where": "client", "pruning.local_prune_every": 1, "bandit.pruning_ratios": [0.5]},
+        **{
+            "pruning.where": "client",
+            "pruning.local_share": local_share,
+            "pruning.local_prune_every": 1,
+            "bandit.pruning_ratios": [0.5],
+        },
     )
     assert (clients["status"] == "ok").all()
-    assert (clients["units_pruned_on_device"] > 0).all()  # every device removed units itself
+    if local_share:
+        assert (clients["units_pruned_on_device"] > 0).all()  # every device removed units itself
+    else:
+        assert (clients["units_pruned_on_device"] == 0).all()
     assert rounds["sparsity"].iloc[-1] == pytest.approx(0.4, abs=0.05)
     assert rounds["test_loss"].notna().all()
 
