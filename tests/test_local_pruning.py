@@ -269,17 +269,20 @@ def test_client_mode_round_keeps_derivation_exact_and_drives_global_pruning(tiny
 
 
 @pytest.mark.parametrize(
-    ("method", "prune_global", "scored"), [("fedit", False, False), ("fedit", True, True)]
+    ("method", "prune_global", "scored"),
+    [("fedit", False, False), ("fedit", True, True), ("fedspine", False, True)],
 )
 def test_client_mode_asks_for_scores_only_where_something_is_pruned(
     tiny_llama_dir, method, prune_global, scored
 ):
     """Dense FedIT never uses unit scores, so ``where: client`` must not make its devices compute them; FedIT
-    pruned globally (``method.prune_global``) prunes by them, so its devices score at ratio 0 too."""
+    pruned globally (``method.prune_global``) prunes by them, so its devices score at ratio 0 too. FedSpine
+    without global pruning still cuts sub-models by them, so its devices score even at ratio 0."""
     ctx, _ = make_context(
         tiny_llama_dir,
         method={"name": method, "prune_global": prune_global},
         pruning={"target_sparsity": 0.5 if prune_global else 0.0, "where": "client", "local_share": 0.0},
+        bandit={"pruning_ratios": [0.0], "ranks": [4]},
     )
     strategy = build_strategy(method)
     strategy.setup(ctx)

@@ -70,7 +70,8 @@ class LoRAStrategy(Strategy):
     #: Aggregator used when ``method.aggregation`` is not set.
     default_aggregation = "fedavg"
     #: Whether the global model is pruned toward ``pruning.target_sparsity`` when ``method.prune_global``
-    #: is not set: FedSpine does; the baselines do only when asked (equal-sparsity comparisons).
+    #: is not set: FedSpine does; the baselines do only when asked (equal-sparsity comparisons). The same
+    #: methods are the ones whose devices may get pruned sub-models (their ``choose`` returns ratios > 0).
     prunes_globally = False
     #: Per-round sub-model builders (closures over the global model): rebuilt in every configure_round.
     transient_state = ("_round_plans",)
@@ -175,12 +176,13 @@ class LoRAStrategy(Strategy):
 
         Server mode sends the sub-model at ``ratio``. Client mode sends it at ``ratio * (1 - local_share)``
         and asks the device to remove the difference itself while it trains (fedspine_ray/pruning/local.py);
-        a device with nothing to remove still scores its units, so every device informs the global prune. A
-        method that neither cuts sub-models nor prunes the global model (FedIT, HetLoRA, ... with
-        ``method.prune_global: false``) has no use for scores, so its devices are not asked to compute them.
+        a device with nothing to remove still scores its units, so every device informs the sub-models and the
+        global prune. A method that neither cuts sub-models nor prunes the global model (FedIT, HetLoRA, ...
+        with ``method.prune_global: false``) has no use for scores, so its devices are not asked to compute
+        them. The test is per method, not per device: a device at ratio 0 of a pruning method still scores.
         """
         cfg = self.ctx.config.pruning
-        if cfg.where != "client" or (ratio == 0.0 and not self.prune_global):
+        if cfg.where != "client" or not (self.prunes_globally or self.prune_global):
             return ratio, None
         start = round(ratio * (1.0 - cfg.local_share), 6)
         self._submodel(start)
