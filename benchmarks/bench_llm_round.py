@@ -138,6 +138,16 @@ def overall_ratio(rows: list[dict]) -> float:
     return sum(float(r["round_wall_time_s"]) for r in rows) / ideal if ideal > 0 else math.nan
 
 
+def window_summary(rows: list[dict]) -> dict[str, Any]:
+    """The report's window figures from rows :func:`with_windows` has filled in."""
+    windows = [r["ratio_window"] for r in rows if not math.isnan(r["ratio_window"])]
+    return {
+        "max_ratio_window": max(windows, default=math.nan),
+        "windows_within_goal": sum(r <= GOAL for r in windows),
+        "overall_ratio": overall_ratio(rows),
+    }
+
+
 def run(config: ExperimentConfig) -> dict[str, Any]:
     from fedspine_ray.runner import run_experiment
 
@@ -156,7 +166,6 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
     rows = round_breakdown(result.rounds, result.clients, marks, cores)
     first = result.rounds.iloc[0]
     ratios = [r["ratio_cpu"] for r in rows if not math.isnan(r["ratio_cpu"])]
-    windows = [r["ratio_window"] for r in rows if not math.isnan(r["ratio_window"])]
     statuses = result.clients.groupby("status").size().to_dict()
     return {
         "config": config.name,
@@ -171,9 +180,7 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
         "max_ratio_cpu": max(ratios, default=math.nan),
         "mean_ratio_cpu": sum(ratios) / len(ratios) if ratios else math.nan,
         "rounds_within_goal": sum(r <= GOAL for r in ratios),
-        "max_ratio_window": max(windows, default=math.nan),
-        "windows_within_goal": sum(r <= GOAL for r in windows),
-        "overall_ratio": overall_ratio(rows),
+        **window_summary(rows),
         "final_accuracy": float(result.rounds["test_accuracy"].iloc[-1]),
         "final_test_loss": float(result.rounds["test_loss"].iloc[-1]),
         "client_statuses": {str(k): int(v) for k, v in statuses.items()},
@@ -219,14 +226,7 @@ def print_table(report: dict[str, Any]) -> None:
 def reanalyse(report: dict[str, Any]) -> dict[str, Any]:
     """A report written before the window columns existed, with them (from its per-round rows)."""
     rows = with_windows(report["rounds"])
-    windows = [r["ratio_window"] for r in rows if not math.isnan(r["ratio_window"])]
-    return {
-        **report,
-        "rounds": rows,
-        "max_ratio_window": max(windows, default=math.nan),
-        "windows_within_goal": sum(r <= GOAL for r in windows),
-        "overall_ratio": overall_ratio(rows),
-    }
+    return {**report, "rounds": rows, **window_summary(rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
