@@ -29,8 +29,14 @@ seconds each role of the Ray session used per round (read from ``/proc`` between
 The box is shared: wall times mean something only when ``uptime`` shows a load below 0.5 at the start; the
 benchmark records the load averages before and after, and the CPU-second columns do not depend on load.
 
+``--pin CLIENT_CPUS:SERVER_CPUS`` (e.g. ``0:1``) places the run the way a cluster whose head node has cores of its
+own would: this process is confined to the server's cores before Ray starts, so Ray's daemons and the server actor
+are born there (and size their torch threads by them, ``runtime/cpus.py``), and every thread of the pool workers is
+moved to the clients' cores as it appears (``sched_setaffinity``, re-applied every half second). The ratios then
+divide by the clients' cores.
+
 Usage: python benchmarks/bench_llm_round.py [--config fedspine_ray/configs/fedspine-smollm2.yaml]
-       [--rounds N] [--set KEY=VALUE ...] [--out-dir DIR] [--json-out FILE]
+       [--rounds N] [--set KEY=VALUE ...] [--out-dir DIR] [--json-out FILE] [--pin 0:1]
        python benchmarks/bench_llm_round.py --reanalyse benchmarks/results/llm_round/FILE.json
 """
 
@@ -42,6 +48,7 @@ import logging
 import math
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -51,7 +58,7 @@ for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
-from bench_scale import cpu_by_role  # noqa: E402
+from bench_scale import _children, _command_line, _role, cpu_by_role  # noqa: E402
 
 from fedspine_ray.config import ExperimentConfig, load_config, shipped_config_path  # noqa: E402
 
@@ -148,10 +155,62 @@ def window_summary(rows: list[dict]) -> dict[str, Any]:
     }
 
 
-def run(config: ExperimentConfig) -> dict[str, Any]:
+def parse_pin(text: str) -> dict[str, set[int]]:
+    """``"0:1"`` or ``"0,1:2-3"`` -> the cores of the pool workers and of the server (disjoint, non-empty)."""
+
+    def cpus(part: str) -> set[int]:
+        out: set[int] = set()
+        for item in part.split(","):
+            first, _, last = item.partition("-")
+            out.update(range(int(first), int(last or first) + 1))
+        return out
+
+    clients, sep, server = text.partition(":")
+    if not sep or not clients or not server:
+        raise ValueError(f"--pin {text!r}: expected CLIENT_CPUS:SERVER_CPUS, e.g. 0:1")
+    pin = {"pool_workers": cpus(clients), "server": cpus(server)}
+    if pin["pool_workers"] & pin["server"]:
+        raise ValueError(f"--pin {text!r}: the clients' and the server's cores overlap")
+    return pin
+
+
+class Pinner(threading.Thread):
+    """Keeps every thread of each pinned role's processes on its cores until stopped."""
+
+    def __init__(self, pin: dict[str, set[int]], interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pin, self.interval = pin, interval
+        self.stop_event = threading.Event()
+        self.pinned: set[tuple[str, int]] = set()  # (role, pid) seen, for the report
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            for pid in _children(os.getpid()):
+                role = _role(_command_line(pid))
+                if role not in self.pin:
+                    continue
+                self.pinned.add((role, pid))
+                try:
+                    threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+                except OSError:
+                    continue
+                for tid in threads:
+                    try:
+                        if os.sched_getaffinity(tid) != self.pin[role]:
+                            os.sched_setaffinity(tid, self.pin[role])
+                    except OSError:  # the thread ended meanwhile
+                        pass
+            self.stop_event.wait(self.interval)
+
+
+def run(config: ExperimentConfig, pin: dict[str, set[int]] | None = None) -> dict[str, Any]:
     from fedspine_ray.runner import run_experiment
 
-    cores = os.cpu_count() or 1
+    cores = len(pin["pool_workers"]) if pin else os.cpu_count() or 1
+    pinner = Pinner(pin) if pin else None
+    if pin is not None and pinner is not None:
+        os.sched_setaffinity(0, pin["server"])  # Ray, the server and (until moved) the workers start here
+        pinner.start()
     marks: dict[int, dict[str, float]] = {}
     times: dict[int, float] = {}
 
@@ -161,7 +220,11 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
 
     load_before = _load()
     start = time.perf_counter()
-    result = run_experiment(config, progress=False, quiet=True, on_round=mark)
+    try:
+        result = run_experiment(config, progress=False, quiet=True, on_round=mark)
+    finally:
+        if pinner is not None:
+            pinner.stop_event.set()
     wall = time.perf_counter() - start
     rows = round_breakdown(result.rounds, result.clients, marks, cores)
     first = result.rounds.iloc[0]
@@ -171,6 +234,8 @@ def run(config: ExperimentConfig) -> dict[str, Any]:
         "config": config.name,
         "method": config.method.name,
         "cores": cores,
+        "pin": {role: sorted(cpus) for role, cpus in pin.items()} if pin else None,
+        "pinned_processes": sorted({role for role, _ in pinner.pinned}) if pinner else [],
         "load_before": load_before,
         "load_after": _load(),
         "wall_s": wall,
@@ -194,6 +259,11 @@ def print_table(report: dict[str, Any]) -> None:
         f"{report['config']} ({report['method']}): wall {report['wall_s']:.1f} s "
         f"(set-up + round 0 {report['setup_and_round0_s']:.1f} s), load {report['load_before'][0]:.2f} -> "
         f"{report['load_after'][0]:.2f}, cores {report['cores']}"
+        + (
+            f" (clients pinned to {report['pin']['pool_workers']}, server to {report['pin']['server']})"
+            if report.get("pin")
+            else ""
+        )
     )
     head = (
         "round  wall   conf  disp  wait  aggr  next  eval ov | train_cpu train_wall outside crit  beyond | "
@@ -237,7 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=Path("runs/bench_llm_round"))
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--reanalyse", type=Path, default=None, help="print a JSON this benchmark wrote")
+    parser.add_argument("--pin", default=None, metavar="CLIENT_CPUS:SERVER_CPUS", help="e.g. 0:1")
     args = parser.parse_args(argv)
+    try:
+        pin = parse_pin(args.pin) if args.pin else None
+    except ValueError as err:
+        parser.error(str(err))
     if args.reanalyse is not None:
         print_table(reanalyse(json.loads(args.reanalyse.read_text())))
         return 0
@@ -252,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["training.rounds"] = args.rounds
     config = load_config(args.config, overrides)
     config = config.with_overrides({"output_dir": str(args.out_dir / f"{config.name}-{config.method.name}")})
-    report = run(config)
+    report = run(config, pin)
     print_table(report)
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)

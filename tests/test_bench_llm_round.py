@@ -51,3 +51,11 @@ def test_reanalyse_adds_the_window_columns_to_an_old_report():
     report = bench.reanalyse(old)
     assert report["config"] == "x" and report["max_ratio_window"] == pytest.approx(1.5)
     assert report["windows_within_goal"] == 0 and report["overall_ratio"] == pytest.approx(110 / 60)
+
+
+def test_pin_parses_disjoint_core_sets():
+    assert bench.parse_pin("0:1") == {"pool_workers": {0}, "server": {1}}
+    assert bench.parse_pin("0,2-3:1") == {"pool_workers": {0, 2, 3}, "server": {1}}
+    for bad in ("0", "0:", ":1", "0-1:1"):
+        with pytest.raises(ValueError):
+            bench.parse_pin(bad)

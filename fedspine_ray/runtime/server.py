@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import time
 import uuid
 from collections.abc import Hashable
@@ -46,6 +45,7 @@ from fedspine_ray.modeling.tasks import build_task, eval_subset, majority_accura
 from fedspine_ray.pruning import count_parameters
 from fedspine_ray.rounds.budget import predicted_fedit_time
 from fedspine_ray.rounds.clock import RoundClock
+from fedspine_ray.runtime.cpus import usable_cpus
 from fedspine_ray.runtime.idle_priority import IdlePriorityThread
 from fedspine_ray.runtime.pool import ClientShards, overlap_by_default, start_clients, unplaceable_outcome
 from fedspine_ray.runtime.rows import client_row, round_row, timing_columns
@@ -113,7 +113,7 @@ class FederatedServer:
 
     def __init__(self, config: ExperimentConfig) -> None:
         self.config = config
-        torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+        torch.set_num_threads(min(4, usable_cpus()))  # the CPUs it may run on, not the machine's
         self.wall_start = time.perf_counter()
         self.client_base: dict[int, Hashable] = {}
         self.dead_clients: set[int] = set()

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import types
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -45,6 +44,7 @@ from fedspine_ray.modeling.backend import (
     taylor_from_gradients,
 )
 from fedspine_ray.pruning import UnitImportance, compute_importance
+from fedspine_ray.runtime.cpus import usable_cpus
 
 __all__ = ["ZeroGroupBackend", "ZeroRank", "server_backend"]
 
@@ -61,7 +61,7 @@ class ZeroRank:
 
     def __init__(self, config: ServerConfig, rank: int, world_size: int) -> None:
         self.config, self.rank, self.world_size = config, rank, world_size
-        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 1) // world_size)))
+        torch.set_num_threads(max(1, min(4, usable_cpus() // world_size)))
         self.backend: DeepSpeedBackend | None = None
 
     def address(self) -> tuple[str, int]:
