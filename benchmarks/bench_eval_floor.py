@@ -39,13 +39,7 @@ from torch import nn  # noqa: E402
 
 from fedspine_ray.config import load_config, shipped_config_path  # noqa: E402
 from fedspine_ray.modeling.loading import load_tokenizer, resolve_model_path  # noqa: E402
-from fedspine_ray.modeling.tasks import (  # noqa: E402
-    MIN_SHARED_PREFIX,
-    _prompt_lengths,
-    _shared_prefix,
-    build_task,
-    eval_subset,
-)
+from fedspine_ray.modeling.tasks import GroupForward, _prompt_lengths, build_task, eval_subset  # noqa: E402
 from fedspine_ray.pruning import (  # noqa: E402
     compute_importance,
     layer_specs,
@@ -141,9 +135,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data = task.prepare(cfg, load_tokenizer(model_dir))
     split = eval_subset(data.test, cfg.training.eval_subset, cfg.seed)
     lengths = _prompt_lengths(split.labels)
-    shared = _shared_prefix(split.input_ids, lengths)
-    shared = shared if shared >= MIN_SHARED_PREFIX else 0
     dense = task.load_model(model_dir, len(data.label_names), cfg.seed).eval()
+    with (
+        torch.no_grad()
+    ):  # the prefix scoring runs once: GroupForward decides it (and whether a cache exists)
+        shared = GroupForward(dense, split.input_ids, lengths).shared
     models = {"dense": dense}
     if cfg.pruning.target_sparsity > 0:
         models[f"sparsity {cfg.pruning.target_sparsity:g}"] = pruned_copy(

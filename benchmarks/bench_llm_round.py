@@ -181,7 +181,7 @@ class Pinner(threading.Thread):
         super().__init__(daemon=True)
         self.pin, self.interval = pin, interval
         self.stop_event = threading.Event()
-        self.pinned: set[tuple[str, int]] = set()  # (role, pid) seen, for the report
+        self.roles_seen: set[str] = set()  # for the report: which roles it found processes of
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -189,7 +189,7 @@ class Pinner(threading.Thread):
                 role = _role(_command_line(pid))
                 if role not in self.pin:
                     continue
-                self.pinned.add((role, pid))
+                self.roles_seen.add(role)
                 try:
                     threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
                 except OSError:
@@ -208,8 +208,10 @@ def run(config: ExperimentConfig, pin: dict[str, set[int]] | None = None) -> dic
 
     cores = len(pin["pool_workers"]) if pin else os.cpu_count() or 1
     pinner = Pinner(pin) if pin else None
-    if pin is not None and pinner is not None:
-        os.sched_setaffinity(0, pin["server"])  # Ray, the server and (until moved) the workers start here
+    if pinner is not None:
+        os.sched_setaffinity(
+            0, pinner.pin["server"]
+        )  # Ray, the server and (until moved) the workers start here
         pinner.start()
     marks: dict[int, dict[str, float]] = {}
     times: dict[int, float] = {}
@@ -235,7 +237,7 @@ def run(config: ExperimentConfig, pin: dict[str, set[int]] | None = None) -> dic
         "method": config.method.name,
         "cores": cores,
         "pin": {role: sorted(cpus) for role, cpus in pin.items()} if pin else None,
-        "pinned_processes": sorted({role for role, _ in pinner.pinned}) if pinner else [],
+        "pinned_processes": sorted(pinner.roles_seen) if pinner else [],
         "load_before": load_before,
         "load_after": _load(),
         "wall_s": wall,

@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from fedspine_ray.modeling.loading import load_causal_lm
-from fedspine_ray.modeling.tasks import MIN_SHARED_PREFIX, _shared_prefix, next_token_logprobs
+from fedspine_ray.modeling.tasks import GroupForward, _shared_prefix, next_token_logprobs
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_eval_floor.py"
 _SPEC = importlib.util.spec_from_file_location("bench_eval_floor", _PATH)
@@ -40,7 +40,9 @@ def test_linear_flops_equal_what_torch_multiplies(tiny_llama_dir: Path, shared: 
     ids, lengths = _prompts(shared)
     found = _shared_prefix(ids, lengths)
     assert found == shared
-    run_once = found if found >= MIN_SHARED_PREFIX else 0
+    with torch.no_grad():
+        run_once = GroupForward(model, ids, lengths).shared  # what the scoring below runs once
+    assert run_once == shared
     with FlopCounterMode(display=False) as counter:
         next_token_logprobs(model, ids, lengths, batch_size=4)
     counted = sum(counter.get_flop_counts()["Global"].values())
