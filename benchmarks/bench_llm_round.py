@@ -20,11 +20,13 @@ seconds each role of the Ray session used per round (read from ``/proc`` between
   with the wall time inside steps (which counts time-slicing when more client processes than cores train);
 * ``ratio_window``: the same, against the training that actually ran inside the round's wall-time window. With
   ``runtime.overlap_evaluation`` rounds are pipelined: round r's window (``round_wall_time_s``, from the end of
-  round r-1's row to the end of round r's) holds round r+1's clients, which train while round r is evaluated, and
-  only round 1's window also holds its own clients (round 0 starts nothing early). So ``ratio_cpu`` counts two
-  rounds of training against one in round 1 and none against one in the last round (its window is the final,
-  whole-split evaluation); ``ratio_window`` and ``overall_ratio`` (all windows against all clients' steps) do
-  not. ``--reanalyse FILE`` prints both from a JSON this benchmark wrote.
+  round r-1's row to the end of round r's) holds round r+1's clients, which train while round r is evaluated.
+  Round 1 is started inside round 0's window, before round 0's whole-split evaluation; that window's part from
+  round 1's configure on is reported as a row for round 0 (its set-up before is not a round). So ``ratio_cpu``
+  counts the next round's training against this one's and none against one in the last round (its window is the
+  final, whole-split evaluation); ``ratio_window`` and ``overall_ratio`` (all windows against all clients' steps)
+  do not. ``--reanalyse FILE`` prints both from a JSON this benchmark wrote (runs from before round 0 overlapped
+  have no round-0 row: their round 1 window holds round 1's clients too).
 
 The box is shared: wall times mean something only when ``uptime`` shows a load below 0.5 at the start; the
 benchmark records the load averages before and after, and the CPU-second columns do not depend on load.
@@ -53,6 +55,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 for path in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     if str(path) not in sys.path:
@@ -77,8 +81,13 @@ def _load() -> tuple[float, float, float]:
 def round_breakdown(
     rounds: Any, clients: Any, cpu_marks: dict[int, dict[str, float]], cores: int
 ) -> list[dict]:
-    """One dict per trained round: the timing columns, the derived client/transfer split and the goal ratios."""
-    out = []
+    """One dict per trained round: the timing columns, the derived client/transfer split and the goal ratios.
+
+    When round 1 was started before round 0's evaluation (round 0's ``eval_overlapped``), a row for round 0
+    comes first: the part of its window from round 1's configure on (``next_round_start_s + eval_s``), during
+    which round 1's clients were configured, dispatched and trained; it holds no clients of its own.
+    """
+    out = [_round0_tail(rounds.iloc[0])] if _overlapped(rounds.iloc[0]) else []
     for _, row in rounds[rounds["round"] >= 1].iterrows():
         rnd = int(row["round"])
         mine = clients[clients["round"] == rnd]
@@ -88,7 +97,7 @@ def round_breakdown(
         for col in (*SERVER_COLUMNS, *CLIENT_COLUMNS):
             if col in row:
                 item[col] = float(row[col])
-        item["eval_overlapped"] = bool(row.get("eval_overlapped", False))
+        item["eval_overlapped"] = _overlapped(row)
         for col in (
             "eval_samples",
             "test_accuracy",
@@ -117,6 +126,32 @@ def round_breakdown(
             item["cpu_s_by_role"] = {r: round(after.get(r, 0.0) - before.get(r, 0.0), 2) for r in after}
         out.append(item)
     return with_windows(out)
+
+
+def _overlapped(row: Any) -> bool:
+    """A row's ``eval_overlapped``, False where the column is missing or NaN (round 0 before it had one)."""
+    value = row.get("eval_overlapped", False)
+    return isinstance(value, bool | np.bool_) and bool(value)
+
+
+def _round0_tail(row: Any) -> dict[str, Any]:
+    start, evaluation = float(row["next_round_start_s"]), float(row["eval_s"])
+    return {
+        "round": 0,
+        "round_wall_time_s": start + evaluation,
+        "next_round_start_s": start,
+        "eval_s": evaluation,
+        "eval_overlapped": True,
+        "eval_samples": float(row["eval_samples"]),
+        "statuses": {},
+        "client_outside_steps_s": 0.0,
+        "pool_busy_s": {},
+        "clients_critical_path_s": 0.0,
+        "wait_beyond_clients_s": 0.0,
+        "ideal_round_s": 0.0,
+        "ratio_cpu": math.nan,
+        "ratio_wall": math.nan,
+    }
 
 
 def with_windows(rows: list[dict]) -> list[dict]:
@@ -231,6 +266,7 @@ def run(config: ExperimentConfig, pin: dict[str, set[int]] | None = None) -> dic
     rows = round_breakdown(result.rounds, result.clients, marks, cores)
     first = result.rounds.iloc[0]
     ratios = [r["ratio_cpu"] for r in rows if not math.isnan(r["ratio_cpu"])]
+    tail = rows[0]["round_wall_time_s"] if rows and rows[0]["round"] == 0 else 0.0
     statuses = result.clients.groupby("status").size().to_dict()
     return {
         "config": config.name,
@@ -242,8 +278,11 @@ def run(config: ExperimentConfig, pin: dict[str, set[int]] | None = None) -> dic
         "load_after": _load(),
         "wall_s": wall,
         "setup_and_round0_s": times.get(0, start) - start,
+        "setup_s": times.get(0, start)
+        - start
+        - tail,  # before round 1's configure (and round 0's evaluation)
         "round0_eval_s": float(first.get("eval_s", math.nan)) if "eval_s" in first else math.nan,
-        "rounds_wall_s": (times[max(times)] - times[0]) if 0 in times else math.nan,
+        "rounds_wall_s": (times[max(times)] - times[0] + tail) if 0 in times else math.nan,
         "max_ratio_cpu": max(ratios, default=math.nan),
         "mean_ratio_cpu": sum(ratios) / len(ratios) if ratios else math.nan,
         "rounds_within_goal": sum(r <= GOAL for r in ratios),

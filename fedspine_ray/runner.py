@@ -106,9 +106,9 @@ def run_experiment(
                 if _time_budget_spent(writer.round_rows, config):  # a resumed run that had already stopped
                     break
                 checkpoint_due = bool(every and rnd > 0 and rnd % every == 0)
-                # Round rnd + 1 may start while rnd is evaluated, but not across a checkpoint: the clients'
-                # exported state must be the one after rnd.
-                start_next = rnd > 0 and rnd < config.training.rounds and not checkpoint_due
+                # Round rnd + 1 may start while rnd is evaluated (round 0 included), but not across a
+                # checkpoint: the clients' exported state must be the one after rnd.
+                start_next = rnd < config.training.rounds and not checkpoint_due
                 report = ray.get(server.run_round.remote(rnd, start_next))
                 writer.add_round(report.round_row, report.client_rows)
                 if checkpoint_due:  # after the rows, so a resume never lacks them

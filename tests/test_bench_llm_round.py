@@ -59,3 +59,58 @@ def test_pin_parses_disjoint_core_sets():
     for bad in ("0", "0:", ":1", "0-1:1"):
         with pytest.raises(ValueError):
             bench.parse_pin(bad)
+
+
+def test_round_zero_that_started_round_one_gets_the_tail_of_its_window():
+    """Round 1 dispatched before round 0's evaluation: its clients train in round 0's window, whose part from
+    round 1's configure on is a row of its own; the set-up before it is not charged to any round."""
+    import pandas as pd
+
+    rounds = pd.DataFrame(
+        [
+            {
+                "round": 0,
+                "round_wall_time_s": 0.0,
+                "next_round_start_s": 9.0,
+                "eval_s": 16.0,
+                "eval_overlapped": True,
+                "eval_samples": 160.0,
+            },
+            {
+                "round": 1,
+                "round_wall_time_s": 40.0,
+                "next_round_start_s": 1.0,
+                "eval_s": 8.0,
+                "eval_overlapped": True,
+                "client_train_cpu_s_sum": 60.0,
+                "client_train_s_sum": 70.0,
+                "eval_samples": 48.0,
+            },
+            {
+                "round": 2,
+                "round_wall_time_s": 50.0,
+                "next_round_start_s": 0.0,
+                "eval_s": 20.0,
+                "eval_overlapped": False,
+                "client_train_cpu_s_sum": 50.0,
+                "client_train_s_sum": 55.0,
+                "eval_samples": 160.0,
+            },
+        ]
+    )
+    clients = pd.DataFrame(
+        [
+            {"round": r, "device_class": c, "wall_time_s": w, "status": "ok"}
+            for r, c, w in ((1, "a", 30.0), (1, "b", 20.0), (2, "a", 25.0), (2, "b", 22.0))
+        ]
+    )
+    rows = bench.round_breakdown(rounds, clients, {}, cores=2)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[0]["round_wall_time_s"] == 25.0 and rows[0]["ideal_round_s"] == 0.0
+    # window 0 holds round 1's clients, window 1 round 2's, the last only the final evaluation
+    assert [r["ideal_in_window_s"] for r in rows] == [30.0, 25.0, 0.0]
+    assert rows[1]["ratio_window"] == pytest.approx(40 / 25)
+    assert bench.overall_ratio(rows) == pytest.approx((25 + 40 + 50) / (30 + 25))
+    # a run whose round 0 started nothing (or an old file without the column) has no round-0 row
+    rounds.loc[0, "eval_overlapped"] = False
+    assert [r["round"] for r in bench.round_breakdown(rounds, clients, {}, cores=2)] == [1, 2]

@@ -162,9 +162,11 @@ def test_same_seed_same_metrics_in_dedicated_and_pooled_mode(
     pd.testing.assert_frame_equal(clients_d[client_cols], clients_p[client_cols])
     assert (clients_p["base_transfer"] == "derived").any()  # the derivation path ran in pooled workers
     assert (rounds_p.loc[1:, "client_train_s_sum"] > 0).all()
-    # rounds 2-4 were dispatched while the previous round was evaluated; the last one has no next round
-    assert rounds_p.loc[1:, "eval_overlapped"].tolist() == [True, True, True, False]
-    assert not rounds_d.loc[1:, "eval_overlapped"].any()
+    # rounds 1-4 were dispatched while the previous round (round 0 included) was evaluated; the last one has
+    # no next round
+    assert rounds_p["eval_overlapped"].tolist() == [True, True, True, True, False]
+    assert not rounds_d["eval_overlapped"].any()
+    assert rounds_p.loc[0, "next_round_start_s"] > 0 and rounds_d.loc[0, "next_round_start_s"] == 0
     # with overlap a round's window runs from the previous report to its own: the windows tile the run
     windows = rounds_p["wall_time_s"].diff().iloc[2:]
     assert windows.to_numpy() == pytest.approx(rounds_p["round_wall_time_s"].iloc[2:].to_numpy(), abs=1e-6)

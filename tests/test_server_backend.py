@@ -43,7 +43,7 @@ def deepspeed_backend(stage: int, offload: str) -> DeepSpeedBackend:
 
 
 def evaluate(backend, model, data) -> tuple[float, int, torch.Tensor]:
-    """The server's evaluation loop (FederatedServer.evaluate) on ``data``."""
+    """The server's evaluation loop (FederatedServer._evaluate_model) on ``data``."""
     loss, correct, logits = 0.0, 0, []
     with backend.serving(model) as forward, torch.no_grad():
         for batch in data:

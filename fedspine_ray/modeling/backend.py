@@ -10,7 +10,7 @@ backward pass of Taylor importance run inside a DeepSpeed engine (stage 2 or 3),
 accelerator layer by layer. Those passes are exactly the ones that need activation + gradient memory the
 size of the model, so they are what must fit the server's GPU.
 
-Two hooks, used by ``FederatedServer.evaluate`` and ``LoRAStrategy`` (importance for sub-models and for
+Two hooks, used by ``FederatedServer._evaluate_model`` and ``LoRAStrategy`` (importance for sub-models and for
 global pruning):
 
 * ``with backend.serving(model) as run: output = run(**batch)`` - forward passes. The model is consumed

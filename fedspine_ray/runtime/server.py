@@ -239,7 +239,7 @@ class FederatedServer:
         evaluation stops being time in which no client trains.
         """
         if rnd == 0:
-            return self._initial_report()
+            return self._initial_report(start_next)
         cfg = self.config
         call_start = time.perf_counter()
         inflight = self._inflight if self._inflight is not None and self._inflight.round == rnd else None
@@ -263,12 +263,7 @@ class FederatedServer:
         if start_next and self._overlap_evaluation and not cfg.training.budget_spent(self.clock.now_s):
             self._inflight = self._start_round(rnd + 1, started_early=True)
         next_started = time.perf_counter()
-        if model is None:
-            evaluation = self._not_evaluated()
-        elif self._inflight is not None and self._idle_evaluator is not None:  # clients train meanwhile
-            evaluation = self._idle_evaluator.run(self._evaluate_model, model, split)
-        else:
-            evaluation = self._evaluate_model(model, split)
+        evaluation = self._not_evaluated() if model is None else self._evaluate_beside_clients(model, split)
         evaluated = time.perf_counter()
         timing = {  # where the round's wall time went (docs/results.md, benchmarks/bench_scale.py)
             "server_configure_s": inflight.configure_s,
@@ -314,8 +309,21 @@ class FederatedServer:
         inflight.started_early = started_early
         return inflight
 
-    def _initial_report(self) -> RoundReport:
-        evaluation = self.evaluate()
+    def _initial_report(self, start_next: bool) -> RoundReport:
+        """Round 0: the untrained global model on the whole test split.
+
+        With ``start_next`` and ``runtime.overlap_evaluation`` round 1 is configured and dispatched first and
+        this evaluation runs while its clients train, as every later round's does: the whole-split evaluation
+        is the longest the run makes, and without overlap no client trains during it. Round 1's configure
+        (FedSpine: the one server-side importance pass that cuts the first sub-models) then lies in this
+        row's window, which ends when this report is done.
+        """
+        model = self.strategy.evaluation_model()  # a snapshot, taken before round 1 is configured
+        started = time.perf_counter()
+        if start_next and self._overlap_evaluation:
+            self._inflight = self._start_round(1, started_early=True)
+        next_started = time.perf_counter()
+        evaluation = self._evaluate_beside_clients(model, self.test)
         self._last_report_end = time.perf_counter()
         clock = {
             "sim_time_s": 0.0,
@@ -323,8 +331,20 @@ class FederatedServer:
             "wall_time_s": self._last_report_end - self.wall_start,
             "round_wall_time_s": 0.0,
         }
-        row = round_row(0, self.config.method.name, [], evaluation, clock, self.strategy.global_metrics())
-        return RoundReport(row, [])
+        timing = {
+            "next_round_start_s": next_started - started,
+            "eval_s": self._last_report_end - next_started,
+            "eval_overlapped": self._inflight is not None,
+        }
+        extra = {**timing, **self.strategy.global_metrics()}
+        return RoundReport(round_row(0, self.config.method.name, [], evaluation, clock, extra), [])
+
+    def _evaluate_beside_clients(self, model: nn.Module, split: TokenizedSplit) -> dict[str, float]:
+        """Evaluate ``model``; while a started round's clients train, on the idle-priority thread (where the
+        torch backend has one: runtime/idle_priority.py), so the clients keep the cores they need."""
+        if self._inflight is not None and self._idle_evaluator is not None:
+            return self._idle_evaluator.run(self._evaluate_model, model, split)
+        return self._evaluate_model(model, split)
 
     def _select_clients(self, rnd: int) -> list[int]:
         live = [d.client_id for d in self.devices if d.client_id not in self.dead_clients]
@@ -512,10 +532,6 @@ class FederatedServer:
             metrics.units_pruned_on_device = result.local_pruning.removed
 
     # ----------------------------------------------------------------- evaluation
-    def evaluate(self) -> dict[str, float]:
-        """Test loss and accuracy of the strategy's current global model (the task kind defines both)."""
-        return self._evaluate_model(self.strategy.evaluation_model())
-
     def _full_evaluation(self, rnd: int) -> bool:
         """Whether round ``rnd`` evaluates the whole test split, not ``training.eval_subset`` of it: every
         ``training.eval_full_every``-th round and the last one (``training.rounds``, or a spent time budget)."""
