@@ -16,8 +16,12 @@ even if Ray, PEFT, aggregation and derivations cost nothing. This benchmark meas
 * with ``--rounds-json`` (a JSON ``bench_llm_round.py`` wrote), the clients' step CPU-s per trained round of
   that run and the resulting floor.
 
+``--eval-dtype bfloat16`` measures the evaluation as ``server.eval_dtype: bfloat16`` runs it (the models cast,
+``torch.mm`` timed in bfloat16 too).
+
 Usage: python benchmarks/bench_eval_floor.py [--config fedspine_ray/configs/fedspine-smollm2.yaml]
-       [--repeats 3] [--rounds-json benchmarks/results/llm_round/FILE.json] [--json-out FILE]
+       [--repeats 3] [--eval-dtype float32|bfloat16] [--rounds-json benchmarks/results/llm_round/FILE.json]
+       [--json-out FILE]
 """
 
 from __future__ import annotations
@@ -79,9 +83,9 @@ def evaluation_attention_flops(model: nn.Module, prompt_lengths: torch.Tensor, s
     return 4.0 * sum(widths) * keys
 
 
-def gemm_gflops(m: int, k: int, n: int, seconds: float = 0.5) -> float:
-    """Single-thread ``torch.mm`` throughput at ``[m, k] @ [k, n]`` (best of a few timed batches)."""
-    a, b = torch.randn(m, k), torch.randn(k, n)
+def gemm_gflops(m: int, k: int, n: int, seconds: float = 0.5, dtype: torch.dtype = torch.float32) -> float:
+    """Single-thread ``torch.mm`` throughput at ``[m, k] @ [k, n]`` in ``dtype`` (best of a few timed batches)."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     for _ in range(3):
         a @ b
     reps = max(3, int(seconds * 50e9 / (2 * m * k * n)))
@@ -148,8 +152,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             list(cfg.pruning.protected_layers),
             cfg.pruning.prune_attention,
         )
+    dtype = getattr(torch, args.eval_dtype)
+    if dtype != torch.float32:  # as server.eval_dtype serves them (the FLOP count needs only the shapes)
+        models = {name: model.to(dtype) for name, model in models.items()}
     report: dict[str, Any] = {
         "config": cfg.name,
+        "eval_dtype": args.eval_dtype,
         "examples": len(split),
         "prompt_tokens_mean": float(lengths.float().mean()),
         "shared_prefix_tokens": shared,
@@ -172,9 +180,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     hidden, inner = dense.config.hidden_size, dense.config.intermediate_size
     group = max(1, int(round(float((lengths - shared).float().mean()))))
     report["gemm_gflops"] = {
-        f"{group}x{hidden}x{inner}": gemm_gflops(group, hidden, inner),
-        f"{group * 4}x{hidden}x{inner}": gemm_gflops(group * 4, hidden, inner),
-        "2048x2048x2048": gemm_gflops(2048, 2048, 2048),
+        f"{group}x{hidden}x{inner}": gemm_gflops(group, hidden, inner, dtype=dtype),
+        f"{group * 4}x{hidden}x{inner}": gemm_gflops(group * 4, hidden, inner, dtype=dtype),
+        "2048x2048x2048": gemm_gflops(2048, 2048, 2048, dtype=dtype),
     }
     peak = max(report["gemm_gflops"].values())
     for timing in report["models"].values():
@@ -192,7 +200,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def print_report(report: dict[str, Any]) -> None:
     print(
         f"{report['config']}: {report['examples']} prompts, {report['prompt_tokens_mean']:.1f} tokens on average, "
-        f"{report['shared_prefix_tokens']} shared (run once), {report['threads']} thread"
+        f"{report['shared_prefix_tokens']} shared (run once), {report['threads']} thread, "
+        f"{report.get('eval_dtype', 'float32')}"
     )
     for name, t in report["models"].items():
         print(
@@ -201,7 +210,7 @@ def print_report(report: dict[str, Any]) -> None:
             + (f", accuracy {t['test_accuracy']:.3f}" if "test_accuracy" in t else "")
         )
     print(
-        "  torch.mm, one thread: "
+        f"  torch.mm ({report.get('eval_dtype', 'float32')}), one thread: "
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in report["gemm_gflops"].items())
     )
     if "evaluated_window_floor" in report:
@@ -216,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(shipped_config_path("fedspine-smollm2.yaml")))
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--eval-dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--rounds-json", default=None, help="a bench_llm_round.py JSON of the same config")
     parser.add_argument("--json-out", default=None)
     args = parser.parse_args(argv)

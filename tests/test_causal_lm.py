@@ -484,3 +484,40 @@ def test_answer_only_logits_give_the_same_training_loss(tiny_llama_dir, tok, lm)
     lm.zero_grad()
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-6)
+
+
+def test_bfloat16_evaluation_serves_a_bf16_copy_and_keeps_float32_importance(
+    tiny_llama_dir, tiny_text_csv, tok
+):
+    """``server.eval_dtype: bfloat16``: the server's backend casts the evaluated copy, the metrics stay close to
+    float32's (not equal: bfloat16 keeps 8 bits of mantissa), importance passes and the global model stay
+    float32, and the default changes nothing."""
+    import copy
+
+    from fedspine_ray.config import ServerConfig
+    from fedspine_ray.modeling.backend import build_backend
+
+    config = config_from_dict(
+        {
+            "model": {"path": str(tiny_llama_dir), "max_seq_len": 48},
+            "data": {"source": "files", "train_path": str(tiny_text_csv), "max_test_samples": 24},
+            "task": {"kind": "causal_lm", "label_words": {"negative": "bad", "positive": "good"}},
+            "server": {"eval_dtype": "bfloat16"},
+        }
+    )
+    task = CausalLMTask(config.task)
+    data = task.prepare(config, tok)
+    torch.manual_seed(0)
+    model = load_causal_lm(tiny_llama_dir)
+    results = {}
+    for name, server in (("float32", ServerConfig()), ("bfloat16", config.server)):
+        backend = build_backend(server)
+        served = copy.deepcopy(model)
+        with backend.serving(served) as forward, torch.no_grad():
+            results[name] = task.evaluate_metrics(forward, data.test, 8)
+        assert {p.dtype for p in served.parameters()} == {getattr(torch, name)}
+        importance = backend.importance(model, "taylor", [data.train.batch(np.arange(4))])
+        assert all(s.dtype == torch.float32 for s in importance.mlp.values())
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # only the served copy was cast
+    assert results["bfloat16"]["test_loss"] == pytest.approx(results["float32"]["test_loss"], rel=0.02)
+    assert results["bfloat16"]["test_loss"] != results["float32"]["test_loss"]  # it really ran in bfloat16

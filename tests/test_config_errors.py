@@ -92,6 +92,13 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
     ("server-backend-unknown", "server: {backend: jax}", [], "server.backend"),
     ("server-zero-stage", "server: {backend: deepspeed, zero_stage: 1}", [], "server.zero_stage"),
     ("server-offload-needs-deepspeed", "server: {backend: torch, offload: cpu}", [], "server.offload"),
+    ("server-eval-dtype-unknown", "server: {eval_dtype: float16}", [], "server.eval_dtype"),
+    (
+        "server-eval-dtype-bf16-under-deepspeed",
+        "server: {backend: deepspeed, eval_dtype: bfloat16}",
+        [],
+        "server.eval_dtype",
+    ),
     # issue 25: data files the run could not use, found before Ray starts by reading them
     ("csv-without-label-column", _files("nolabel.csv"), [], "data.label_column"),
     ("csv-without-text-column", _files("notext.csv"), [], "data.text_column"),

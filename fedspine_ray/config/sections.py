@@ -826,8 +826,21 @@ class ServerConfig:
     #: the global model's parameters (stage 3), gradients and optimizer state across them for evaluation and
     #: Taylor importance; the server stays the coordinator (fedspine_ray/runtime/zero.py).
     num_ranks: int = 1
+    #: Dtype of the evaluation passes (``torch`` backend; importance passes stay in float32). ``bfloat16`` runs
+    #: the evaluated copy of the global model in bfloat16, as HF models are commonly served: about 1.7-1.9x
+    #: faster on CPUs with AVX512-BF16 or AMX (SmolLM2's 48 evaluation prompts, one thread: 4.5
+    #: against 8.8 CPU-s), slower on CPUs that emulate it. Its metrics are not float32's: a prompt whose label
+    #: words are nearly tied can change its answer (3 of SmolLM2's 160 test prompts did), so compare runs
+    #: evaluated in the same dtype.
+    eval_dtype: Literal["float32", "bfloat16"] = "float32"
 
     def validate(self, where: str) -> None:
+        require(
+            self.eval_dtype == "float32" or self.backend == "torch",
+            f"{where}.eval_dtype",
+            "bfloat16 evaluation is built for backend: torch (DeepSpeed sets precision in its own config); "
+            "fix: set server.eval_dtype: float32 or server.backend: torch",
+        )
         require(
             self.offload == "none" or self.backend == "deepspeed",
             f"{where}.offload",

@@ -64,13 +64,23 @@ Forward = Callable[..., Any]
 
 
 class TorchBackend:
-    """The global model's passes run as a plain module on the server's CPU (the default)."""
+    """The global model's passes run as a plain module on the server's CPU (the default).
+
+    ``eval_dtype`` (``server.eval_dtype``) is the dtype evaluation runs in: the served model is a disposable copy,
+    so it is cast in place. Importance passes always run in the model's own dtype (float32): their gradients
+    rank units, and bfloat16 would reorder near-ties.
+    """
 
     name = "torch"
+
+    def __init__(self, eval_dtype: torch.dtype = torch.float32) -> None:
+        self.eval_dtype = eval_dtype
 
     @contextlib.contextmanager
     def serving(self, model: nn.Module) -> Iterator[Forward]:
         model.eval()
+        if self.eval_dtype != torch.float32:
+            model.to(self.eval_dtype)
         yield model
 
     def importance(
@@ -334,8 +344,10 @@ def taylor_from_gradients(model: nn.Module, grads: Mapping[str, torch.Tensor]) -
 
 def build_backend(config: ServerConfig | None) -> ServerBackend:
     """The backend ``server.backend`` selects (torch when there is no server section)."""
-    if config is None or config.backend == "torch":
+    if config is None:
         return TorchBackend()
+    if config.backend == "torch":
+        return TorchBackend(getattr(torch, config.eval_dtype))
     return DeepSpeedBackend(config)
 
 
