@@ -260,8 +260,7 @@ class FederatedServer:
         evaluates = full or rnd % cfg.training.eval_every == 0
         # a snapshot: configuring the next round cannot change it
         model = self.strategy.evaluation_model() if evaluates else None
-        if start_next and self._overlap_evaluation and not cfg.training.budget_spent(self.clock.now_s):
-            self._inflight = self._start_round(rnd + 1, started_early=True)
+        self._start_next_early(rnd, start_next)
         next_started = time.perf_counter()
         evaluation = self._not_evaluated() if model is None else self._evaluate_beside_clients(model, split)
         evaluated = time.perf_counter()
@@ -320,8 +319,7 @@ class FederatedServer:
         """
         model = self.strategy.evaluation_model()  # a snapshot, taken before round 1 is configured
         started = time.perf_counter()
-        if start_next and self._overlap_evaluation:
-            self._inflight = self._start_round(1, started_early=True)
+        self._start_next_early(0, start_next)
         next_started = time.perf_counter()
         evaluation = self._evaluate_beside_clients(model, self.test)
         self._last_report_end = time.perf_counter()
@@ -338,6 +336,17 @@ class FederatedServer:
         }
         extra = {**timing, **self.strategy.global_metrics()}
         return RoundReport(round_row(0, self.config.method.name, [], evaluation, clock, extra), [])
+
+    def _start_next_early(self, rnd: int, start_next: bool) -> None:
+        """Configure and dispatch round ``rnd + 1`` before round ``rnd`` is evaluated, where the runner allows
+        it (``start_next``), evaluation overlaps (``runtime.overlap_evaluation``) and the time budget is not
+        spent; it becomes ``self._inflight``."""
+        if (
+            start_next
+            and self._overlap_evaluation
+            and not self.config.training.budget_spent(self.clock.now_s)
+        ):
+            self._inflight = self._start_round(rnd + 1, started_early=True)
 
     def _evaluate_beside_clients(self, model: nn.Module, split: TokenizedSplit) -> dict[str, float]:
         """Evaluate ``model``; while a started round's clients train, on the idle-priority thread (where the
